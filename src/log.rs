@@ -1,0 +1,244 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{SagaId, SagaStatus, StepAction, StepError};
+
+/// A boxed future, so that [`SagaLog`] can be used as a trait object.
+pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LogError>> + Send + 'a>>;
+
+/// Where a saga's history goes: every transition and every step attempt.
+///
+/// The orchestrator appends an event and waits for [`SagaLog::append`] to
+/// return before it acts on it, so a store that returns only once the event
+/// is durable lets a saga be recovered from any crash. Events of one saga
+/// arrive in order with consecutive sequence numbers.
+pub trait SagaLog: Send + Sync + 'static {
+    /// Stores `event`. The orchestrator stops the saga when this fails.
+    fn append<'a>(&'a self, event: &'a SagaEvent) -> LogFuture<'a, ()>;
+
+    /// Returns the history of saga `id` in order, empty when it is unknown.
+    fn history(&self, id: SagaId) -> LogFuture<'_, Vec<SagaEvent>>;
+
+    /// Returns the ids of the sagas whose last status is neither
+    /// `SUCCEEDED` nor `COMPENSATED`, oldest first.
+    fn unfinished(&self) -> LogFuture<'_, Vec<SagaId>>;
+}
+
+/// One entry of a saga's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SagaEvent {
+    /// The saga the event belongs to.
+    pub saga_id: SagaId,
+    /// The event's position in the saga's history, from 0.
+    pub sequence: u64,
+    /// When the event was recorded, in milliseconds since the Unix epoch.
+    pub recorded_at_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: SagaEventKind,
+}
+
+/// What happened in a [`SagaEvent`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum SagaEventKind {
+    /// The saga was started with this input and plan. Always the first event.
+    Created {
+        /// The definition's [`NAME`](crate::SagaDefinition::NAME).
+        saga: String,
+        /// The saga's input as JSON.
+        input: Value,
+        /// The names of the steps to run, in order.
+        steps: Vec<String>,
+    },
+    /// The saga moved to another state.
+    Transition {
+        /// The state it left.
+        from: SagaStatus,
+        /// The state it entered.
+        to: SagaStatus,
+        /// The steps still to compensate, newest first. Empty except when
+        /// entering `FAILED`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remaining: Vec<String>,
+    },
+    /// An attempt of an action or a compensation began.
+    AttemptStarted {
+        /// The step's name.
+        step: String,
+        /// Action or compensation.
+        action: StepAction,
+        /// The attempt number, counted from 1.
+        attempt: u32,
+    },
+    /// An attempt took effect.
+    AttemptSucceeded {
+        /// The step's name.
+        step: String,
+        /// Action or compensation.
+        action: StepAction,
+        /// The attempt number.
+        attempt: u32,
+        /// The action's output; `null` for a compensation.
+        output: Value,
+    },
+    /// An attempt failed.
+    AttemptFailed {
+        /// The step's name.
+        step: String,
+        /// Action or compensation.
+        action: StepAction,
+        /// The attempt number.
+        attempt: u32,
+        /// Why it failed.
+        error: StepError,
+        /// Whether another attempt follows.
+        will_retry: bool,
+    },
+}
+
+impl fmt::Display for SagaEventKind {
+    /// Formats the event as one line for people, without ids or times.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Created { saga, steps, .. } => {
+                write!(f, "created {saga} with steps [{}]", steps.join(", "))
+            }
+            Self::Transition {
+                from,
+                to,
+                remaining,
+            } if remaining.is_empty() => write!(f, "{from} -> {to}"),
+            Self::Transition {
+                from,
+                to,
+                remaining,
+            } => write!(f, "{from} -> {to}, to compensate: [{}]", remaining.join(", ")),
+            Self::AttemptStarted {
+                step,
+                action,
+                attempt,
+            } => write!(f, "{step} {action} attempt {attempt} started"),
+            Self::AttemptSucceeded {
+                step,
+                action,
+                attempt,
+                output,
+            } => write!(f, "{step} {action} attempt {attempt} succeeded: {output}"),
+            Self::AttemptFailed {
+                step,
+                action,
+                attempt,
+                error,
+                will_retry,
+            } => {
+                let next = if *will_retry { "will retry" } else { "giving up" };
+                write!(f, "{step} {action} attempt {attempt} failed ({next}): {error}")
+            }
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A failure of a [`SagaLog`] store.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct LogError {
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl LogError {
+    /// Builds an error from a message that says what failed on which value.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Builds an error from a message and the error that caused it.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// A [`SagaLog`] in memory, for tests and for sagas that need not survive
+/// the process.
+#[derive(Debug, Default)]
+pub struct MemoryLog {
+    events: Mutex<Vec<SagaEvent>>,
+}
+
+impl MemoryLog {
+    /// Builds an empty log.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns a copy of every event of every saga, in the order appended.
+    pub fn events(&self) -> Vec<SagaEvent> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SagaEvent>> {
+        // A panic while holding the lock cannot leave a half-pushed event, so
+        // the data is usable after poisoning.
+        self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl SagaLog for MemoryLog {
+    fn append<'a>(&'a self, event: &'a SagaEvent) -> LogFuture<'a, ()> {
+        self.lock().push(event.clone());
+        Box::pin(async { Ok(()) })
+    }
+
+    fn history(&self, id: SagaId) -> LogFuture<'_, Vec<SagaEvent>> {
+        let history = self
+            .lock()
+            .iter()
+            .filter(|event| event.saga_id == id)
+            .cloned()
+            .collect();
+        Box::pin(async { Ok(history) })
+    }
+
+    fn unfinished(&self) -> LogFuture<'_, Vec<SagaId>> {
+        let mut last_status: Vec<(SagaId, Option<SagaStatus>)> = Vec::new();
+        for event in self.lock().iter() {
+            let status = match &event.kind {
+                SagaEventKind::Transition { to, .. } => Some(*to),
+                _ => None,
+            };
+            match last_status.iter_mut().find(|(id, _)| *id == event.saga_id) {
+                Some((_, last)) => *last = status.or(*last),
+                None => last_status.push((event.saga_id, status)),
+            }
+        }
+        let unfinished = last_status
+            .into_iter()
+            .filter(|(_, status)| !status.is_some_and(SagaStatus::is_final))
+            .map(|(id, _)| id)
+            .collect();
+        Box::pin(async { Ok(unfinished) })
+    }
+}
