@@ -35,7 +35,9 @@ impl fmt::Display for SagaId {
 
 /// The error of parsing a [`SagaId`] from text that is not a UUID.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid saga id {text:?}: {reason}; expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8")]
+#[error(
+    "invalid saga id {text:?}: {reason}; expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8"
+)]
 pub struct InvalidSagaId {
     text: String,
     reason: String,
@@ -45,9 +47,11 @@ impl FromStr for SagaId {
     type Err = InvalidSagaId;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(text).map(Self).map_err(|error| InvalidSagaId {
-            text: text.to_owned(),
-            reason: error.to_string(),
-        })
+        Uuid::parse_str(text)
+            .map(Self)
+            .map_err(|error| InvalidSagaId {
+                text: text.to_owned(),
+                reason: error.to_string(),
+            })
     }
 }

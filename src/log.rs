@@ -119,7 +119,11 @@ impl fmt::Display for SagaEventKind {
                 from,
                 to,
                 remaining,
-            } => write!(f, "{from} -> {to}, to compensate: [{}]", remaining.join(", ")),
+            } => write!(
+                f,
+                "{from} -> {to}, to compensate: [{}]",
+                remaining.join(", ")
+            ),
             Self::AttemptStarted {
                 step,
                 action,
@@ -138,8 +142,15 @@ impl fmt::Display for SagaEventKind {
                 error,
                 will_retry,
             } => {
-                let next = if *will_retry { "will retry" } else { "giving up" };
-                write!(f, "{step} {action} attempt {attempt} failed ({next}): {error}")
+                let next = if *will_retry {
+                    "will retry"
+                } else {
+                    "giving up"
+                };
+                write!(
+                    f,
+                    "{step} {action} attempt {attempt} failed ({next}): {error}"
+                )
             }
         }
     }
@@ -148,7 +159,9 @@ impl fmt::Display for SagaEventKind {
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// A failure of a [`SagaLog`] store.
@@ -202,7 +215,9 @@ impl MemoryLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SagaEvent>> {
         // A panic while holding the lock cannot leave a half-pushed event, so
         // the data is usable after poisoning.
-        self.events.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -109,7 +109,8 @@ impl<D: SagaDefinition> SagaCore<D> {
     /// Runs the compensation of `kind` until it succeeds or its policy gives
     /// up. Returns whether it succeeded.
     async fn compensate_step(&mut self, kind: D::Kind) -> Result<bool, SagaError> {
-        let policy = D::compensation_policy(kind).unwrap_or_else(|| self.compensation_policy.clone());
+        let policy =
+            D::compensation_policy(kind).unwrap_or_else(|| self.compensation_policy.clone());
         loop {
             if self.has_given_up(kind, StepAction::Compensate) {
                 return Ok(false);
@@ -134,8 +135,14 @@ impl<D: SagaDefinition> SagaCore<D> {
                     return Ok(true);
                 }
                 Err(error) => {
-                    self.record_attempt_failed(kind, StepAction::Compensate, attempt, error, &policy)
-                        .await?;
+                    self.record_attempt_failed(
+                        kind,
+                        StepAction::Compensate,
+                        attempt,
+                        error,
+                        &policy,
+                    )
+                    .await?;
                 }
             }
         }
@@ -181,12 +188,16 @@ impl<D: SagaDefinition> SagaCore<D> {
             return Ok(());
         };
         let policy = match action {
-            StepAction::Execute => D::retry_policy(kind).unwrap_or_else(|| self.retry_policy.clone()),
+            StepAction::Execute => {
+                D::retry_policy(kind).unwrap_or_else(|| self.retry_policy.clone())
+            }
             StepAction::Compensate => {
                 D::compensation_policy(kind).unwrap_or_else(|| self.compensation_policy.clone())
             }
         };
-        let error = StepError::unknown("the attempt was interrupted by a restart; its effect may have happened");
+        let error = StepError::unknown(
+            "the attempt was interrupted by a restart; its effect may have happened",
+        );
         self.record_attempt_failed(kind, action, attempt, error, &policy)
             .await
     }
@@ -211,8 +222,19 @@ impl<D: SagaDefinition> SagaCore<D> {
             match from {
                 // Newest first, so an action whose outcome is unknown is
                 // compensated before the steps that ran before it.
-                SagaStatus::Running => self.history.effects.iter().rev().map(ToString::to_string).collect(),
-                _ => self.history.remaining.iter().map(ToString::to_string).collect(),
+                SagaStatus::Running => self
+                    .history
+                    .effects
+                    .iter()
+                    .rev()
+                    .map(ToString::to_string)
+                    .collect(),
+                _ => self
+                    .history
+                    .remaining
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             }
         } else {
             Vec::new()

@@ -160,20 +160,25 @@ mod tests {
 
     #[test]
     fn exponential_backoff_doubles_up_to_its_cap() {
-        let policy = RetryPolicy::exponential(10, Duration::from_millis(100), Duration::from_secs(1));
-        let delays: Vec<u128> = (2..=7).map(|n| policy.delay_before(n).as_millis()).collect();
+        let policy =
+            RetryPolicy::exponential(10, Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<u128> = (2..=7)
+            .map(|n| policy.delay_before(n).as_millis())
+            .collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
     }
 
     #[test]
     fn exponential_backoff_survives_huge_attempt_numbers() {
-        let policy = RetryPolicy::exponential(u32::MAX, Duration::from_secs(1), Duration::from_secs(60));
+        let policy =
+            RetryPolicy::exponential(u32::MAX, Duration::from_secs(1), Duration::from_secs(60));
         assert_eq!(policy.delay_before(u32::MAX), Duration::from_secs(60));
     }
 
     #[test]
     fn jitter_stays_within_the_upper_half() {
-        let policy = RetryPolicy::exponential(5, Duration::from_secs(8), Duration::from_secs(8)).with_jitter();
+        let policy = RetryPolicy::exponential(5, Duration::from_secs(8), Duration::from_secs(8))
+            .with_jitter();
         for _ in 0..1_000 {
             let delay = policy.delay_before(3);
             assert!(delay >= Duration::from_secs(4), "{delay:?}");

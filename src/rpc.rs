@@ -50,11 +50,22 @@ pub struct StepRequest {
 impl StepRequest {
     /// Builds a request whose idempotency key is derived from the saga id,
     /// the step name and the action.
-    pub fn new(saga_id: impl Into<String>, step: impl Into<String>, action: StepAction, payload: Value) -> Self {
+    pub fn new(
+        saga_id: impl Into<String>,
+        step: impl Into<String>,
+        action: StepAction,
+        payload: Value,
+    ) -> Self {
         let saga_id = saga_id.into();
         let step = step.into();
         let idempotency_key = idempotency_key(&saga_id, &step, action);
-        Self { saga_id, step, action, idempotency_key, payload }
+        Self {
+            saga_id,
+            step,
+            action,
+            idempotency_key,
+            payload,
+        }
     }
 }
 

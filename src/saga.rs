@@ -95,7 +95,9 @@ impl<D: SagaDefinition> SagaOutcome<D> {
 pub enum SagaError {
     /// An event could not be stored. The saga stopped before acting on it;
     /// resuming it from the log continues from its last stored event.
-    #[error("saga {saga_id}: cannot append to the saga log; the saga stopped and can be resumed from the log")]
+    #[error(
+        "saga {saga_id}: cannot append to the saga log; the saga stopped and can be resumed from the log"
+    )]
     Log {
         /// The saga.
         saga_id: SagaId,

@@ -43,9 +43,7 @@ impl StepError {
     /// Returns the message without the kind.
     pub fn message(&self) -> &str {
         match self {
-            Self::Transient(message) | Self::Permanent(message) | Self::Unknown(message) => {
-                message
-            }
+            Self::Transient(message) | Self::Permanent(message) | Self::Unknown(message) => message,
         }
     }
 

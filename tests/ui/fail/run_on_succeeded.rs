@@ -1,0 +1,9 @@
+// `run` exists only on `Running` and `Compensating` sagas.
+// A succeeded saga has nothing left to run.
+
+include!("../support/saga.rs");
+
+#[tokio::main]
+async fn main() {
+    let _ = succeeded().await.run();
+}
