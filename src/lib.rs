@@ -106,9 +106,12 @@ mod id;
 mod log;
 mod macros;
 mod orchestrator;
+mod recovery;
 mod retry;
 mod rpc;
 mod saga;
+#[cfg(feature = "sqlite")]
+mod sqlite_log;
 mod state;
 mod step;
 mod step_error;
@@ -118,9 +121,12 @@ pub use id::{InvalidSagaId, SagaId};
 pub use log::{LogError, LogFuture, MemoryLog, SagaEvent, SagaEventKind, SagaLog};
 #[doc(hidden)]
 pub use macros::__private;
+pub use recovery::{LoadedSaga, Recovered, Recovery, drive_to_end};
 pub use retry::{Backoff, RetryPolicy};
 pub use rpc::{StepAction, StepReply, StepRequest, idempotency_key};
 pub use saga::{CompensationOutcome, RunOutcome, Saga, SagaError, SagaOutcome};
+#[cfg(feature = "sqlite")]
+pub use sqlite_log::{SagaSummary, SqliteSagaLog, schema_version};
 pub use state::{
     Compensated, Compensating, Failed, Pending, Running, SagaState, SagaStatus, Succeeded,
     UnknownSagaStatus,

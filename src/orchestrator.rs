@@ -15,11 +15,12 @@ impl<D: SagaDefinition> SagaCore<D> {
     pub(crate) async fn execute_steps(&mut self) -> Result<bool, SagaError> {
         let span = self.span.clone();
         async {
-            if self.history.status == SagaStatus::Pending {
+            if !self.history.created {
                 self.record_created().await?;
+            }
+            if self.history.status == SagaStatus::Pending {
                 self.record_transition(SagaStatus::Running).await?;
             }
-            self.settle_interrupted_attempt().await?;
 
             while let Some(&kind) = self.history.plan.get(self.history.next_step) {
                 if !self.execute_step(kind).await? {
@@ -49,7 +50,6 @@ impl<D: SagaDefinition> SagaCore<D> {
             if self.history.status == SagaStatus::Failed {
                 self.record_transition(SagaStatus::Compensating).await?;
             }
-            self.settle_interrupted_attempt().await?;
 
             while let Some(&kind) = self.history.remaining.first() {
                 if !self.compensate_step(kind).await? {
@@ -80,8 +80,10 @@ impl<D: SagaDefinition> SagaCore<D> {
             if self.has_given_up(kind, StepAction::Execute) {
                 return Ok(false);
             }
-            let attempt = self.next_attempt(kind, StepAction::Execute, &policy);
-            tokio::time::sleep(policy.delay_before(attempt)).await;
+            let (attempt, repeated) = self.next_attempt(kind, StepAction::Execute);
+            if !repeated {
+                tokio::time::sleep(policy.delay_before(attempt)).await;
+            }
             self.record_attempt_started(kind, StepAction::Execute, attempt)
                 .await?;
 
@@ -115,8 +117,10 @@ impl<D: SagaDefinition> SagaCore<D> {
             if self.has_given_up(kind, StepAction::Compensate) {
                 return Ok(false);
             }
-            let attempt = self.next_attempt(kind, StepAction::Compensate, &policy);
-            tokio::time::sleep(policy.delay_before(attempt)).await;
+            let (attempt, repeated) = self.next_attempt(kind, StepAction::Compensate);
+            if !repeated {
+                tokio::time::sleep(policy.delay_before(attempt)).await;
+            }
             self.record_attempt_started(kind, StepAction::Compensate, attempt)
                 .await?;
 
@@ -157,15 +161,24 @@ impl<D: SagaDefinition> SagaCore<D> {
             .is_some_and(|failure| failure.step == kind && failure.action == action)
     }
 
-    fn next_attempt(&self, kind: D::Kind, action: StepAction, policy: &RetryPolicy) -> u32 {
+    /// Returns the number of the attempt to start, and whether it repeats an
+    /// attempt that a crash cut short. Such an attempt is repeated under its
+    /// own number and idempotency key, because the crash, not the step,
+    /// ended it: its effect may have happened, and repeating it is how
+    /// recovery learns the outcome.
+    fn next_attempt(&self, kind: D::Kind, action: StepAction) -> (u32, bool) {
+        if let Some((in_flight, in_flight_action, attempt)) = self.history.in_flight {
+            if in_flight == kind && in_flight_action == action {
+                return (attempt, true);
+            }
+        }
         let started = self
             .history
             .attempts
             .get(&(kind, action))
             .copied()
             .unwrap_or(0);
-        debug_assert!(started < policy.max_attempts() || self.has_given_up(kind, action));
-        started + 1
+        (started + 1, false)
     }
 
     fn step_context(&self, kind: D::Kind, action: StepAction, attempt: u32) -> StepContext<'_, D> {
@@ -178,28 +191,6 @@ impl<D: SagaDefinition> SagaCore<D> {
             context: &self.context,
             outputs: &self.history.outputs,
         }
-    }
-
-    /// Records an attempt that a crash cut short as an unknown outcome, since
-    /// its request may have taken effect. The next attempt repeats it with
-    /// the same idempotency key, if the budget allows.
-    async fn settle_interrupted_attempt(&mut self) -> Result<(), SagaError> {
-        let Some((kind, action, attempt)) = self.history.in_flight else {
-            return Ok(());
-        };
-        let policy = match action {
-            StepAction::Execute => {
-                D::retry_policy(kind).unwrap_or_else(|| self.retry_policy.clone())
-            }
-            StepAction::Compensate => {
-                D::compensation_policy(kind).unwrap_or_else(|| self.compensation_policy.clone())
-            }
-        };
-        let error = StepError::unknown(
-            "the attempt was interrupted by a restart; its effect may have happened",
-        );
-        self.record_attempt_failed(kind, action, attempt, error, &policy)
-            .await
     }
 
     async fn record_created(&mut self) -> Result<(), SagaError> {

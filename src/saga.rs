@@ -124,6 +124,16 @@ pub enum SagaError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The log holds this saga under another definition.
+    #[error("saga {saga_id} is a {found}, not a {expected}; load it with its own definition")]
+    WrongDefinition {
+        /// The saga.
+        saga_id: SagaId,
+        /// The definition name in its `created` event.
+        found: String,
+        /// The definition it was loaded as.
+        expected: &'static str,
+    },
     /// No saga with this id is in the log.
     #[error("saga {saga_id} not found in the saga log; list the log's sagas to find its id")]
     NotFound {

@@ -314,3 +314,40 @@ pub fn context(world: &Arc<World>) -> Arc<SimContext> {
         action_duration: Duration::ZERO,
     })
 }
+
+/// A log that stores its first `capacity` events and then fails every
+/// append, as if the process died right after its last durable event.
+#[derive(Debug)]
+pub struct CrashingLog {
+    pub inner: typed_saga::MemoryLog,
+    capacity: usize,
+}
+
+impl CrashingLog {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: typed_saga::MemoryLog::new(),
+            capacity,
+        })
+    }
+}
+
+impl typed_saga::SagaLog for CrashingLog {
+    fn append<'a>(&'a self, event: &'a typed_saga::SagaEvent) -> typed_saga::LogFuture<'a, ()> {
+        if self.inner.events().len() >= self.capacity {
+            return Box::pin(async { Err(typed_saga::LogError::new("simulated crash")) });
+        }
+        self.inner.append(event)
+    }
+
+    fn history(
+        &self,
+        id: typed_saga::SagaId,
+    ) -> typed_saga::LogFuture<'_, Vec<typed_saga::SagaEvent>> {
+        self.inner.history(id)
+    }
+
+    fn unfinished(&self) -> typed_saga::LogFuture<'_, Vec<typed_saga::SagaId>> {
+        self.inner.unfinished()
+    }
+}
