@@ -136,3 +136,9 @@ pub use step_error::StepError;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+
+/// Compiles the README's example as a doctest, so it cannot drift from the
+/// API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

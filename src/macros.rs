@@ -94,7 +94,7 @@
 ///
 /// A type that is not a step of the saga:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// #[derive(Default)]
 /// struct NotAStep;
 ///
@@ -112,7 +112,7 @@
 ///
 /// The same step type twice:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0428
 /// # use typed_saga::{Step, StepContext, StepError};
 /// #[derive(Default)]
 /// struct Ping;
