@@ -119,7 +119,7 @@ impl<D: SagaDefinition> History<D> {
                 self.in_flight = Some((kind, *action, *attempt));
                 if *action == StepAction::Execute && !self.effects.contains(&kind) {
                     // From the moment a request may have left, its effect may
-                    // exist, until a definite failure says otherwise.
+                    // exist, until a definite failure shows otherwise.
                     self.effects.push(kind);
                 }
             }

@@ -1,7 +1,7 @@
 //! Sagas with automatic compensation and a lifecycle the compiler checks.
 //!
 //! A saga is a sequence of steps, each with an action and a compensation
-//! that undoes it. The steps run in order; when one fails for good, the
+//! that undoes it. The steps run in order. When one fails for good, the
 //! compensations of the steps that took effect run newest first, so the
 //! system ends either with every effect in place or with none.
 //!

@@ -12,7 +12,7 @@ use crate::{SagaId, SagaStatus, StepAction, StepError};
 /// A boxed future, so that [`SagaLog`] can be used as a trait object.
 pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, LogError>> + Send + 'a>>;
 
-/// Where a saga's history goes: every transition and every step attempt.
+/// The store of a saga's history: every transition and every step attempt.
 ///
 /// The orchestrator appends an event and waits for [`SagaLog::append`] to
 /// return before it acts on it, so a store that returns only once the event
@@ -44,7 +44,7 @@ pub struct SagaEvent {
     pub kind: SagaEventKind,
 }
 
-/// What happened in a [`SagaEvent`].
+/// The content of a [`SagaEvent`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum SagaEventKind {
@@ -96,7 +96,7 @@ pub enum SagaEventKind {
         action: StepAction,
         /// The attempt number.
         attempt: u32,
-        /// Why it failed.
+        /// The attempt's error.
         error: StepError,
         /// Whether another attempt follows.
         will_retry: bool,
@@ -174,7 +174,7 @@ pub struct LogError {
 }
 
 impl LogError {
-    /// Builds an error from a message that says what failed on which value.
+    /// Builds an error from a message naming what failed on which value.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),

@@ -54,14 +54,14 @@ pub struct Recovery<D: SagaDefinition> {
     resume_failed: bool,
 }
 
-/// What [`Recovery::recover_all`] did with one saga.
+/// The result of [`Recovery::recover_all`] for one saga.
 #[derive(Debug)]
 pub struct Recovered<D: SagaDefinition> {
     /// The saga's id.
     pub saga_id: SagaId,
     /// The state its log ended in before recovery.
     pub found: SagaStatus,
-    /// How it ends now, or why it could not be driven on.
+    /// The saga's end, or the error that stopped it.
     pub outcome: Result<SagaOutcome<D>, SagaError>,
 }
 
@@ -171,10 +171,11 @@ impl<D: SagaDefinition> Recovery<D> {
         })
     }
 
-    /// Drives every unfinished saga of definition `D` to an end: a running
-    /// saga continues (repeating its step in flight with the same
-    /// idempotency key) and is compensated if a step fails for good, a
-    /// compensating saga continues compensating, and a failed saga is
+    /// Drives every unfinished saga of definition `D` to an end.
+    ///
+    /// A running saga continues, repeating its step in flight with the same
+    /// idempotency key, and is compensated if a step fails for good. A
+    /// compensating saga continues compensating. A failed saga is
     /// compensated again only with [`resume_failed`](Recovery::resume_failed).
     /// Sagas of other definitions in the same log are left alone.
     ///

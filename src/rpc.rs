@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::StepError;
 
-/// Which half of a step a request asks for.
+/// The half of a step a request runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepAction {
@@ -74,13 +74,13 @@ pub fn idempotency_key(saga_id: &str, step: &str, action: StepAction) -> String 
     format!("{saga_id}:{step}:{action}")
 }
 
-/// A worker's answer to a [`StepRequest`].
+/// A worker's reply to a [`StepRequest`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum StepReply {
     /// The action or compensation took effect (or had already).
     Ok {
-        /// What the step produced; `null` for a compensation.
+        /// The step's output, `null` for a compensation.
         output: Value,
     },
     /// The action or compensation did not take effect.

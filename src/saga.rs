@@ -28,7 +28,7 @@ pub struct Saga<D: SagaDefinition, S: SagaState> {
     state: PhantomData<S>,
 }
 
-/// What a saga carries from state to state.
+/// The data a saga carries from state to state.
 pub(crate) struct SagaCore<D: SagaDefinition> {
     pub(crate) id: SagaId,
     pub(crate) input: D::Input,
@@ -40,7 +40,7 @@ pub(crate) struct SagaCore<D: SagaDefinition> {
     pub(crate) history: History<D>,
 }
 
-/// How [`Saga::run`] on a running saga ended.
+/// The result of [`Saga::run`] on a running saga.
 #[derive(Debug)]
 pub enum RunOutcome<D: SagaDefinition> {
     /// Every step took effect.
@@ -49,7 +49,7 @@ pub enum RunOutcome<D: SagaDefinition> {
     Failed(Saga<D, Failed>),
 }
 
-/// How [`Saga::run`] on a compensating saga ended.
+/// The result of [`Saga::run`] on a compensating saga.
 #[derive(Debug)]
 pub enum CompensationOutcome<D: SagaDefinition> {
     /// Every effect was undone.
@@ -59,7 +59,7 @@ pub enum CompensationOutcome<D: SagaDefinition> {
     Failed(Saga<D, Failed>),
 }
 
-/// How [`Saga::run_to_end`] ended.
+/// The result of [`Saga::run_to_end`].
 #[derive(Debug)]
 pub enum SagaOutcome<D: SagaDefinition> {
     /// Every step took effect.
@@ -121,10 +121,10 @@ pub enum SagaError {
         saga_id: SagaId,
         /// The first event that does not fit.
         sequence: u64,
-        /// What is wrong with it.
+        /// The problem found.
         reason: String,
     },
-    /// The log holds this saga under another definition.
+    /// The log contains this saga under another definition.
     #[error("saga {saga_id} is a {found}, not a {expected}; load it with its own definition")]
     WrongDefinition {
         /// The saga.

@@ -15,7 +15,7 @@ use crate::{LogError, SagaEvent, SagaEventKind, SagaId, SagaLog, SagaStatus};
 /// adds the `sagas` table, one row per saga with its current status.
 const SCHEMA_VERSION: i64 = 2;
 
-/// The most events one transaction commits, so that a burst cannot hold the
+/// The maximum number of events one transaction commits, so that a burst cannot hold the
 /// write lock for long.
 const MAX_BATCH: usize = 1_024;
 
@@ -71,7 +71,7 @@ impl SqliteSagaLog {
     ///
     /// When the file cannot be opened, is not a SQLite database, fails
     /// SQLite's integrity check, or has a schema version newer than this
-    /// build knows. A damaged or newer file is left exactly as it was.
+    /// build reads. A damaged or newer file is left exactly as it was.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, LogError> {
         let path = path.as_ref().to_path_buf();
         let display = path.display().to_string();
@@ -201,7 +201,7 @@ impl From<LogError> for ReadError {
 
 fn corrupt(path: &str, id: &str, error: impl std::fmt::Display) -> ReadError {
     ReadError::Log(LogError::new(format!(
-        "saga log {path} holds an unreadable row of saga {id}: {error}"
+        "saga log {path} contains an invalid row of saga {id}: {error}; the row was left unchanged"
     )))
 }
 
@@ -394,8 +394,8 @@ fn update_summary(connection: &Connection, event: &SagaEvent) -> rusqlite::Resul
     Ok(())
 }
 
-/// The writer thread: commits every waiting event in one transaction, then
-/// answers each append.
+/// Runs the writer thread: commits every waiting event in one transaction,
+/// then replies to each append.
 fn write_batches(mut connection: Connection, requests: mpsc::Receiver<AppendRequest>, path: &str) {
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];

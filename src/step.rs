@@ -22,8 +22,8 @@ pub trait SagaDefinition: Sized + Send + Sync + 'static {
     /// saga can be resumed in another process.
     type Input: Serialize + DeserializeOwned + Send + Sync + 'static;
 
-    /// What steps need besides the input (clients, connections). It is not
-    /// logged, and the caller supplies it again when resuming.
+    /// The services steps need besides the input (clients, connections). It
+    /// is not logged, and the caller supplies it again when resuming.
     type Context: Send + Sync + 'static;
 
     /// The stable names of the saga's steps.
@@ -102,7 +102,7 @@ pub struct UnknownStepKind {
 /// must be safe to repeat too, and must succeed without changing anything
 /// when the action never took effect.
 pub trait Step<D: SagaDefinition>: Default + Send + Sync + 'static {
-    /// What the action returns. Later steps read it with
+    /// The action's output. Later steps read it with
     /// [`StepContext::output`], and the compensation receives it.
     type Output: Serialize + DeserializeOwned + Send + Sync + 'static;
 
@@ -140,7 +140,7 @@ pub trait StepOf<D: SagaDefinition>: Step<D> {
     const KIND: D::Kind;
 }
 
-/// What an action or a compensation attempt can see of its saga.
+/// The view of its saga that an action or a compensation attempt gets.
 pub struct StepContext<'a, D: SagaDefinition> {
     pub(crate) saga_id: SagaId,
     pub(crate) step: D::Kind,

@@ -2,8 +2,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Why an action or a compensation did not finish, and so what the
-/// orchestrator may do next.
+/// The reason an action or a compensation did not finish, which decides
+/// what the orchestrator does next.
 ///
 /// The variant decides the retry: transient errors and unknown outcomes are
 /// retried with the same idempotency key, permanent errors never are.
@@ -18,7 +18,7 @@ pub enum StepError {
     /// (invalid input, a rule of the domain).
     #[error("permanent error: {0}")]
     Permanent(String),
-    /// Nobody knows whether the effect happened: the attempt timed out or the
+    /// The effect may or may not have happened: the attempt timed out or the
     /// connection was lost after the request was sent.
     #[error("outcome unknown: {0}")]
     Unknown(String),
