@@ -146,7 +146,26 @@ async fn check_crash_at(case: &Case, cut: usize) -> Result<(), TestCaseError> {
             prop_assert!(world.lock().present.is_empty());
         }
     }
-    let state = world.lock();
+    check_world(&world.lock(), cut)?;
+
+    let reloaded = Recovery::<SimSaga>::new(log.clone(), context(&world))
+        .load(saga_id())
+        .await;
+    prop_assert!(
+        reloaded.is_ok(),
+        "the recovered history does not replay: {:?}",
+        reloaded.err()
+    );
+    let events = log.events();
+    for (index, event) in events.iter().enumerate() {
+        prop_assert_eq!(event.sequence, index as u64);
+    }
+    Ok(())
+}
+
+/// Each effect was applied and undone at most once, and no action
+/// succeeded once compensation began.
+fn check_world(state: &common::WorldState, cut: usize) -> Result<(), TestCaseError> {
     prop_assert!(
         state.applied.values().all(|&count| count <= 1),
         "cut {}: {:?}",
@@ -171,20 +190,6 @@ async fn check_crash_at(case: &Case, cut: usize) -> Result<(), TestCaseError> {
         "an action succeeded after compensation began: {:?}",
         state.calls
     );
-    drop(state);
-
-    let reloaded = Recovery::<SimSaga>::new(log.clone(), context(&world))
-        .load(saga_id())
-        .await;
-    prop_assert!(
-        reloaded.is_ok(),
-        "the recovered history does not replay: {:?}",
-        reloaded.err()
-    );
-    let events = log.events();
-    for (index, event) in events.iter().enumerate() {
-        prop_assert_eq!(event.sequence, index as u64);
-    }
     Ok(())
 }
 

@@ -1,9 +1,30 @@
-//! Provisions user accounts with a typed-saga saga.
+//! The `demo` command; see the `demo` library for what it does.
 
-mod domain;
-mod store;
-mod worker;
+use std::process::ExitCode;
 
-fn main() {
-    println!("demo: not built yet");
+use clap::Parser;
+use demo::cli::{self, Cli};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(cli.default_log_filter()));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    match cli::run(cli).await {
+        Ok(status) => status,
+        Err(error) => {
+            eprintln!("error: {error}");
+            for cause in error.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,269 @@
+//! The transports that carry the saga's step requests to the provisioning
+//! worker: RabbitMQ, or a direct call in this process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use typed_saga::amqp::{AmqpError, RpcClient, RpcClientOptions, Worker, WorkerOptions, redact_url};
+use typed_saga::{StepError, StepRequest};
+
+use crate::cli::{Broker, Settings};
+use crate::store::Store;
+use crate::worker::ProvisioningWorker;
+
+/// How long `--broker auto` waits for RabbitMQ to accept a connection
+/// before it uses the in-process transport.
+pub const BROKER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The command that starts RabbitMQ, for error messages and notes.
+pub const START_RABBITMQ: &str = "rabbitmq-server -detached";
+
+/// The channel that carries step requests to the provisioning worker: the
+/// context of every [`UserProvisioning`](crate::saga::UserProvisioning) saga.
+#[derive(Debug)]
+pub enum Transport {
+    /// Requests travel as RPCs over RabbitMQ to whichever worker consumes
+    /// the queue.
+    Amqp {
+        /// The connected client.
+        client: RpcClient,
+        /// The worker's command queue.
+        queue: String,
+    },
+    /// Requests go straight to a worker in this process, without a broker.
+    InProcess(ProvisioningWorker),
+}
+
+impl Transport {
+    /// Sends one step request and returns the worker's output or error.
+    ///
+    /// # Errors
+    ///
+    /// The worker's [`StepError`], or for AMQP a transient or unknown error
+    /// when the broker is unreachable or the reply does not arrive in time.
+    pub async fn call(&self, request: &StepRequest) -> Result<Value, StepError> {
+        match self {
+            Self::Amqp { client, queue } => client.call(queue, request).await,
+            Self::InProcess(worker) => worker.handle(request.clone()).await,
+        }
+    }
+}
+
+/// Whether a command runs the provisioning worker in its own process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalWorker {
+    /// Run a worker here: an AMQP consumer of the queue, or the in-process
+    /// transport's target.
+    Start,
+    /// Rely on a worker started elsewhere (`demo worker`), so AMQP is needed.
+    None,
+}
+
+/// A transport with the worker it reaches when that worker runs here.
+#[derive(Debug)]
+pub struct Backend {
+    transport: Arc<Transport>,
+    local_worker: Option<ProvisioningWorker>,
+    consumer: Option<Worker>,
+    description: String,
+}
+
+impl Backend {
+    /// Picks the transport that `settings.broker` selects, opens the
+    /// worker's databases in `settings.data_dir` when `local_worker` is
+    /// [`LocalWorker::Start`], and starts that worker.
+    ///
+    /// With [`Broker::Auto`], a broker that does not accept a connection
+    /// within [`BROKER_PROBE_TIMEOUT`] makes this fall back to the
+    /// in-process transport, announced in one line on standard error.
+    ///
+    /// # Errors
+    ///
+    /// When the databases cannot be opened, the broker is needed and
+    /// unreachable, or the worker cannot declare or consume its queue.
+    pub async fn start(settings: &Settings, local_worker: LocalWorker) -> anyhow::Result<Self> {
+        let Some(client) = choose_client(settings, local_worker).await? else {
+            let worker = open_worker(settings).await?;
+            return Ok(Self {
+                description: "in-process calls to the worker, without a broker".to_owned(),
+                transport: Arc::new(Transport::InProcess(worker.clone())),
+                local_worker: Some(worker),
+                consumer: None,
+            });
+        };
+
+        let (local_worker, consumer, served_by) = match local_worker {
+            LocalWorker::Start => {
+                let worker = open_worker(settings).await?;
+                let consumer = start_consumer(settings, worker.clone()).await?;
+                (
+                    Some(worker),
+                    Some(consumer),
+                    "served by a worker in this process",
+                )
+            }
+            LocalWorker::None => (None, None, "served by a separate `demo worker`"),
+        };
+
+        Ok(Self {
+            description: format!(
+                "AMQP queue `{}` at {}, {served_by}",
+                settings.queue,
+                redact_url(&settings.amqp_url)
+            ),
+            transport: Arc::new(Transport::Amqp {
+                client,
+                queue: settings.queue.clone(),
+            }),
+            local_worker,
+            consumer,
+        })
+    }
+
+    /// Returns the transport, to be the context of each saga.
+    pub fn transport(&self) -> Arc<Transport> {
+        Arc::clone(&self.transport)
+    }
+
+    /// Returns the databases of the worker in this process, if one runs.
+    pub fn store(&self) -> Option<&Store> {
+        self.local_worker.as_ref().map(ProvisioningWorker::store)
+    }
+
+    /// Describes the transport in a few words for people, with the broker's
+    /// password hidden.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Stops the local AMQP worker once its running requests have replies,
+    /// and closes the client's connection.
+    pub async fn shutdown(self) {
+        if let Some(consumer) = self.consumer {
+            consumer.shutdown().await;
+        }
+        if let Transport::Amqp { client, .. } = self.transport.as_ref() {
+            client.close().await;
+        }
+    }
+}
+
+/// Opens the worker's three databases in the data directory.
+pub async fn open_worker(settings: &Settings) -> anyhow::Result<ProvisioningWorker> {
+    ProvisioningWorker::open(&settings.data_dir)
+        .await
+        .with_context(|| {
+            format!(
+                "could not open the worker's databases in {}; check that the directory is \
+                 writable, or pass another --data-dir",
+                settings.data_dir.display()
+            )
+        })
+}
+
+/// Starts an AMQP worker that serves `settings.queue` with `worker`.
+///
+/// # Errors
+///
+/// When the broker is unreachable or rejects the queue declarations; the
+/// message names the broker with its password hidden.
+pub async fn start_consumer(
+    settings: &Settings,
+    worker: ProvisioningWorker,
+) -> anyhow::Result<Worker> {
+    let handler = move |request: StepRequest| {
+        let worker = worker.clone();
+        async move { worker.handle(request).await }
+    };
+
+    Worker::start(
+        &settings.amqp_url,
+        WorkerOptions::new(settings.queue.clone()),
+        handler,
+    )
+    .await
+    .map_err(|error| {
+        let action = format!("start the worker on queue `{}`", settings.queue);
+        amqp_error(settings, &action, error)
+    })
+}
+
+/// Returns the client to use, or `None` for the in-process transport, which
+/// is chosen only when a local worker is to run.
+async fn choose_client(
+    settings: &Settings,
+    local_worker: LocalWorker,
+) -> anyhow::Result<Option<RpcClient>> {
+    let probe = RpcClientOptions::default().with_connect_timeout(BROKER_PROBE_TIMEOUT);
+
+    match (settings.broker, local_worker) {
+        (Broker::InProcess, LocalWorker::Start) => Ok(None),
+        (Broker::InProcess, LocalWorker::None) => bail!(
+            "--no-local-worker needs a broker, but --broker in-process calls the worker in this \
+             process; use --broker amqp, or drop --no-local-worker"
+        ),
+        (Broker::Amqp, _) => connect_client(settings, RpcClientOptions::default())
+            .await
+            .map(Some),
+        (Broker::Auto, LocalWorker::None) => connect_client(settings, probe).await.map(Some),
+        (Broker::Auto, LocalWorker::Start) => {
+            match RpcClient::connect(&settings.amqp_url, probe).await {
+                Ok(client) => Ok(Some(client)),
+                Err(error) => {
+                    let url = redact_url(&settings.amqp_url);
+                    eprintln!(
+                        "note: RabbitMQ is not reachable at {url} ({}); running the worker \
+                         in-process instead; start RabbitMQ with `{START_RABBITMQ}` to use AMQP",
+                        probe_failure(&error)
+                    );
+                    tracing::info!(%url, %error, "using the in-process transport");
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
+async fn connect_client(
+    settings: &Settings,
+    options: RpcClientOptions,
+) -> anyhow::Result<RpcClient> {
+    RpcClient::connect(&settings.amqp_url, options)
+        .await
+        .map_err(|error| amqp_error(settings, "connect the RPC client", error))
+}
+
+/// Wraps a broker error with the action that failed. When the connection
+/// itself failed, the outer message names the broker as unreachable and
+/// gives the command that starts RabbitMQ.
+fn amqp_error(settings: &Settings, action: &str, error: AmqpError) -> anyhow::Error {
+    let url = redact_url(&settings.amqp_url);
+    let unreachable = matches!(
+        error,
+        AmqpError::Connect { .. } | AmqpError::ConnectTimeout { .. }
+    );
+
+    let error = anyhow::Error::new(error);
+    if unreachable {
+        error.context(format!(
+            "RabbitMQ is not reachable at {url}; start it with `{START_RABBITMQ}`, or point \
+             --amqp-url (or AMQP_URL) at a running broker"
+        ))
+    } else {
+        error.context(format!("could not {action} at {url}"))
+    }
+}
+
+/// Returns why the probe connection failed, without the advice that
+/// [`AmqpError`]'s message adds, since the fallback note gives its own.
+fn probe_failure(error: &AmqpError) -> String {
+    match error {
+        AmqpError::Connect { error, .. } => error.to_string(),
+        AmqpError::ConnectTimeout { timeout, .. } => {
+            format!("connection timed out after {timeout:?}")
+        }
+        other => other.to_string(),
+    }
+}
