@@ -101,7 +101,7 @@ impl SagaStatus {
 
 impl fmt::Display for SagaStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

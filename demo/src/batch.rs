@@ -1,5 +1,6 @@
 //! `demo provision --file`: one saga per CSV row, several at once.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,13 +11,15 @@ use csv::{DeserializeErrorKind, ErrorKind, StringRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use tokio::task::JoinSet;
-use typed_saga::{SagaLog, SagaStatus};
+use typed_saga::{SagaDefinition, SagaLog, SagaStatus, SqliteSagaLog};
 
 use crate::cli::{EXIT_FAILED, Settings};
+use crate::history::recover_unfinished;
 use crate::saga::{
-    ProvisioningInput, StepFaults, action_failure, describe_outcome, provisioning_saga,
+    ProvisioningInput, StepFaults, UserProvisioning, action_failure, describe_outcome,
+    provisioning_saga,
 };
-use crate::saga_log::open_saga_log;
+use crate::saga_log::{open_saga_log, stdout_output};
 use crate::transport::{Backend, LocalWorker, Transport};
 
 /// The columns a CSV file must have, in the order the help text lists them.
@@ -290,7 +293,17 @@ async fn run_sagas(
     users: Vec<CsvUser>,
     options: &BatchOptions,
 ) -> anyhow::Result<Tally> {
-    let saga_log = open_saga_log(&settings.data_dir)?;
+    let durable_log = open_saga_log(&settings.data_dir)?;
+    recover_unfinished(
+        &durable_log,
+        backend.transport(),
+        settings.retry_delay,
+        false,
+        &stdout_output(),
+    )
+    .await?;
+    let users = skip_logged_users(&durable_log, users).await?;
+    let saga_log: Arc<dyn SagaLog> = durable_log;
     let progress = progress_bar(users.len());
     let mut tally = Tally::default();
     let mut pending = users.into_iter();
@@ -336,6 +349,35 @@ async fn run_sagas(
 
     progress.finish_and_clear();
     Ok(tally)
+}
+
+/// Leaves out the rows whose username already has a saga in the log that
+/// succeeded or is still unfinished, so that running a file again, for
+/// example after a crash, provisions each user once. Rows whose earlier
+/// saga was compensated run again, because nothing of them remains.
+async fn skip_logged_users(
+    saga_log: &SqliteSagaLog,
+    users: Vec<CsvUser>,
+) -> anyhow::Result<Vec<CsvUser>> {
+    let logged: HashSet<String> = saga_log
+        .sagas()
+        .await?
+        .into_iter()
+        .filter(|saga| saga.saga == UserProvisioning::NAME)
+        .filter(|saga| saga.status != SagaStatus::Compensated)
+        .filter_map(|saga| Some(saga.input.get("username")?.as_str()?.to_owned()))
+        .collect();
+
+    let (done, remaining): (Vec<CsvUser>, Vec<CsvUser>) = users
+        .into_iter()
+        .partition(|user| logged.contains(&user.input.username));
+    if !done.is_empty() {
+        println!(
+            "{} users already have a saga in the saga log; they are skipped.",
+            done.len()
+        );
+    }
+    Ok(remaining)
 }
 
 /// Runs one row's saga to its end. A saga stopped by its log counts as

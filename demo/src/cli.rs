@@ -11,7 +11,8 @@ use typed_saga::amqp::redact_url;
 
 use crate::saga::ProvisioningStepKind;
 use crate::saga_log::stdout_output;
-use crate::{provision, serve, tour};
+use crate::transport::LocalWorker;
+use crate::{history, provision, serve, tour};
 
 /// The broker URL used when neither `--amqp-url` nor `AMQP_URL` is set.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -111,10 +112,8 @@ pub enum Broker {
     Auto,
 }
 
-/// The subcommands.
-//
-// NOTE: the durable saga log will bring `recover`, `sagas` and `show ID`,
-// which read the log that `open_saga_log` opens.
+/// The subcommands. Every command that runs sagas first drives the
+/// unfinished sagas of `saga.db` under `--data-dir` to an end.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serves step requests from the queue until Ctrl-C; needs RabbitMQ.
@@ -122,6 +121,22 @@ pub enum Command {
     /// Provisions one user, or every row of a CSV file.
     #[command(after_help = EXIT_STATUS_HELP)]
     Provision(ProvisionArgs),
+    /// Drives every unfinished saga in saga.db to an end, including sagas
+    /// whose compensation failed for good; exits 4 when one is still FAILED.
+    Recover {
+        /// Sends the requests to a worker started elsewhere with `demo
+        /// worker`, instead of running one in this process; needs RabbitMQ
+        #[arg(long)]
+        no_local_worker: bool,
+    },
+    /// Lists the sagas in saga.db: id, username, state, start and duration.
+    Sagas,
+    /// Prints one saga's history: each transition and attempt, with errors,
+    /// outputs and durations.
+    Show {
+        /// The saga's id, as `demo sagas` lists it
+        id: String,
+    },
 }
 
 /// The arguments of `demo provision`.
@@ -298,6 +313,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Provision(args)) => provision::run(&settings, args).await,
+        Some(Command::Recover { no_local_worker }) => {
+            let local_worker = if no_local_worker {
+                LocalWorker::None
+            } else {
+                LocalWorker::Start
+            };
+            history::recover(&settings, local_worker, &stdout_output()).await
+        }
+        Some(Command::Sagas) => {
+            history::list(&settings, &stdout_output()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Show { id }) => {
+            history::show(&settings, &id, &stdout_output()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod batch;
 pub mod cli;
 pub mod domain;
+pub mod history;
 pub mod provision;
 pub mod report;
 pub mod saga;

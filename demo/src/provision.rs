@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use typed_saga::{SagaOutcome, SagaStatus};
+use typed_saga::{SagaLog, SagaOutcome, SagaStatus};
 
 use crate::batch;
 use crate::cli::{EXIT_COMPENSATED, EXIT_FAILED, ProvisionArgs, Settings};
+use crate::history::recover_unfinished;
 use crate::saga::{
     ProvisioningInput, StepFaults, UserProvisioning, action_failure, describe_outcome,
     provisioning_saga,
@@ -82,7 +83,16 @@ async fn provision_one(
         backend.description()
     );
 
-    let saga_log = open_saga_log(&settings.data_dir)?;
+    let durable_log = open_saga_log(&settings.data_dir)?;
+    recover_unfinished(
+        &durable_log,
+        backend.transport(),
+        settings.retry_delay,
+        false,
+        &stdout_output(),
+    )
+    .await?;
+    let saga_log: Arc<dyn SagaLog> = durable_log;
     let username = input.username.clone();
     let echo = EchoLog::new(&username, Arc::clone(&saga_log), stdout_output());
     let saga = provisioning_saga(

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use typed_saga::{LogFuture, MemoryLog, SagaEvent, SagaId, SagaLog};
+use anyhow::Context;
+use typed_saga::{LogFuture, SagaEvent, SagaId, SagaLog, SqliteSagaLog};
 
 /// A writer shared by the code that prints, such as standard output or a
 /// buffer in a test.
@@ -28,17 +29,24 @@ pub fn print_line(output: &SharedOutput, line: std::fmt::Arguments<'_>) {
     }
 }
 
-/// Opens the saga log that every command of the demo uses.
+/// The file name of the saga log under the data directory.
+pub const SAGA_LOG_FILE: &str = "saga.db";
+
+/// Opens the durable saga log, `saga.db` under `data_dir`, creating the
+/// directory and the file when missing.
 ///
-/// This is the one place that chooses the log, so that a durable log
-/// replaces the in-memory one for every command at once.
+/// This is the one place that chooses the log, and each command opens it
+/// once, so that concurrent sagas share its writer and its group commits.
 ///
-/// TODO: return a durable SQLite log (`saga.db` under `data_dir`) once the
-/// library has one. Until then a saga's history ends with the process, so
-/// a saga interrupted by a crash cannot be resumed.
-pub fn open_saga_log(data_dir: &Path) -> anyhow::Result<Arc<dyn SagaLog>> {
-    let _ = data_dir;
-    Ok(Arc::new(MemoryLog::new()))
+/// # Errors
+///
+/// When the directory cannot be created, or the file is damaged or has a
+/// newer schema; the message names the file and what to do.
+pub fn open_saga_log(data_dir: &Path) -> anyhow::Result<Arc<SqliteSagaLog>> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let log = SqliteSagaLog::open(data_dir.join(SAGA_LOG_FILE))?;
+    Ok(Arc::new(log))
 }
 
 /// A [`SagaLog`] that forwards each event to an inner log and, once the
@@ -102,7 +110,7 @@ impl SagaLog for EchoLog {
 
 #[cfg(test)]
 mod tests {
-    use typed_saga::{SagaEventKind, SagaStatus};
+    use typed_saga::{MemoryLog, SagaEventKind, SagaStatus};
 
     use super::*;
 

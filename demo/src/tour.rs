@@ -9,6 +9,7 @@ use typed_saga::SagaLog;
 
 use crate::cli::Settings;
 use crate::domain::{Fault, MAX_STORAGE_MB};
+use crate::history::recover_unfinished;
 use crate::report::print_databases;
 use crate::saga::{
     ProvisioningInput, ProvisioningStepKind, StepFaults, action_failure, describe_outcome,
@@ -58,7 +59,16 @@ async fn run_samples(
     let store = backend
         .store()
         .expect("a backend started with LocalWorker::Start has its worker's store");
-    let saga_log = open_saga_log(&settings.data_dir)?;
+    let durable_log = open_saga_log(&settings.data_dir)?;
+    recover_unfinished(
+        &durable_log,
+        backend.transport(),
+        settings.retry_delay,
+        false,
+        output,
+    )
+    .await?;
+    let saga_log: Arc<dyn SagaLog> = durable_log;
     let suffix = unused_suffix(store, settings.retry_delay).await?;
 
     print_line(
