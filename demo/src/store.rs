@@ -8,6 +8,7 @@
 //! Every SQLite call runs on tokio's blocking thread pool.
 
 mod database;
+mod faults;
 mod inbox;
 mod permissions;
 mod quotas;
@@ -151,9 +152,10 @@ impl Store {
                 source,
             })?;
 
-        let users_schema = format!("{}{}", users::SCHEMA, inbox::SCHEMA);
-        let permissions_schema = format!("{}{}", permissions::SCHEMA, inbox::SCHEMA);
-        let quotas_schema = format!("{}{}", quotas::SCHEMA, inbox::SCHEMA);
+        let users_schema = format!("{}{}{}", users::SCHEMA, inbox::SCHEMA, faults::SCHEMA);
+        let permissions_schema =
+            format!("{}{}{}", permissions::SCHEMA, inbox::SCHEMA, faults::SCHEMA);
+        let quotas_schema = format!("{}{}{}", quotas::SCHEMA, inbox::SCHEMA, faults::SCHEMA);
 
         Ok(Self {
             users: open_database(data_dir, "users.db", users_schema).await?,
@@ -231,6 +233,23 @@ impl Store {
                     },
                 )
             })
+            .await
+    }
+
+    /// Counts one more injected transient failure of `step` for
+    /// `idempotency_key`, unless `planned` failures were injected already.
+    /// Returns the number of this failure, or `None` when the request
+    /// should run. The count is stored in the step's database, so a worker
+    /// restart does not start it again.
+    pub async fn inject_transient_fault(
+        &self,
+        step: StepKind,
+        idempotency_key: &str,
+        planned: u32,
+    ) -> Result<Option<u32>, StoreError> {
+        let key = idempotency_key.to_owned();
+        self.database(step)
+            .run(move |connection| faults::inject(connection, &key, planned))
             .await
     }
 

@@ -3,9 +3,8 @@
 //! A transport decodes a [`StepRequest`], calls [`ProvisioningWorker::handle`]
 //! and sends back the result as a [`typed_saga::StepReply`].
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use serde_json::Value;
 use typed_saga::{StepAction, StepError, StepRequest};
@@ -25,13 +24,6 @@ pub struct ProvisioningWorker {
 #[derive(Debug)]
 struct WorkerState {
     store: Store,
-    /// Transient faults injected so far, by idempotency key.
-    ///
-    /// NOTE: the counts live in memory, so after a restart a request with a
-    /// `transient` fault fails that many times again before the inbox
-    /// returns its recorded reply. Entries are never removed, which is fine
-    /// for the few requests that carry a fault.
-    injected_failures: Mutex<HashMap<String, u32>>,
 }
 
 impl ProvisioningWorker {
@@ -40,10 +32,7 @@ impl ProvisioningWorker {
         let store = Store::open(data_dir).await?;
 
         Ok(Self {
-            inner: Arc::new(WorkerState {
-                store,
-                injected_failures: Mutex::new(HashMap::new()),
-            }),
+            inner: Arc::new(WorkerState { store }),
         })
     }
 
@@ -94,7 +83,8 @@ impl ProvisioningWorker {
         let stored = match request.action {
             StepAction::Execute => {
                 let command = StepCommand::decode(step, request.payload)?;
-                self.inject_transient_fault(&ids.idempotency_key, step, command.fault())?;
+                self.inject_transient_fault(&ids.idempotency_key, step, command.fault())
+                    .await?;
                 self.inner.store.execute(ids, command).await
             }
             StepAction::Compensate => self.inner.store.compensate(ids, step).await,
@@ -107,8 +97,10 @@ impl ProvisioningWorker {
         result
     }
 
-    /// Fails the first `fault.transient` attempts with this idempotency key.
-    fn inject_transient_fault(
+    /// Fails the first `fault.transient` attempts with this idempotency key,
+    /// counting them in the step's database so a restart does not reset
+    /// the count.
+    async fn inject_transient_fault(
         &self,
         idempotency_key: &str,
         step: StepKind,
@@ -121,20 +113,17 @@ impl ProvisioningWorker {
             return Ok(());
         };
 
-        let mut injected = self
+        let injected = self
             .inner
-            .injected_failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let failures = injected.entry(idempotency_key.to_owned()).or_insert(0);
-        if *failures >= planned {
-            return Ok(());
+            .store
+            .inject_transient_fault(step, idempotency_key, planned)
+            .await?;
+        match injected {
+            None => Ok(()),
+            Some(failure) => Err(StepError::transient(format!(
+                "injected transient fault in {step}: attempt {failure} of {planned} failing attempts"
+            ))),
         }
-
-        *failures += 1;
-        Err(StepError::transient(format!(
-            "injected transient fault in {step}: attempt {failures} of {planned} failing attempts"
-        )))
     }
 }
 
@@ -480,6 +469,43 @@ mod tests {
         assert!(!worker.store().username_presence("ana").await.unwrap().users);
     }
 
+    /// Sends every action, then every compensation, twice, as a saga does
+    /// when a reply is lost or a crash cuts an attempt short, and checks that
+    /// the repeat gets the first reply and changes no row.
+    #[tokio::test]
+    async fn every_action_and_compensation_is_safe_to_repeat() {
+        let (_dir, worker) = open_worker().await;
+        let requests = [
+            execute("s1", "provision_user", user_payload("ana")),
+            execute("s1", "assign_permissions", roles_payload("ana")),
+            execute("s1", "create_quota", quota_payload("ana")),
+            compensate("s1", "create_quota"),
+            compensate("s1", "assign_permissions"),
+            compensate("s1", "provision_user"),
+        ];
+
+        for request in requests {
+            let label = format!("{} {}", request.step, request.action);
+            let first = worker.handle(request.clone()).await;
+            let rows_after_first = all_rows(&worker).await;
+            let repeat = worker.handle(request).await;
+
+            assert!(first.is_ok(), "{label}: {first:?}");
+            assert_eq!(repeat, first, "{label}");
+            assert_eq!(all_rows(&worker).await, rows_after_first, "{label}");
+        }
+    }
+
+    async fn all_rows(worker: &ProvisioningWorker) -> String {
+        let store = worker.store();
+        format!(
+            "{:?} {:?} {:?}",
+            store.list_users().await.unwrap(),
+            store.list_permissions().await.unwrap(),
+            store.list_quotas().await.unwrap()
+        )
+    }
+
     #[tokio::test]
     async fn transient_fault_fails_n_times_then_works() {
         let (_dir, worker) = open_worker().await;
@@ -499,6 +525,31 @@ mod tests {
                 "injected transient fault in provision_user: attempt 1 of 2 failing attempts"
             ))
         );
+        assert_eq!(
+            second,
+            Err(StepError::transient(
+                "injected transient fault in provision_user: attempt 2 of 2 failing attempts"
+            ))
+        );
+        assert_eq!(third, Ok(json!({"user_id": 1, "username": "ana"})));
+    }
+
+    #[tokio::test]
+    async fn transient_fault_count_survives_a_restart() {
+        let (dir, worker) = open_worker().await;
+        let request = execute(
+            "s1",
+            "provision_user",
+            json!({"username": "ana", "email": "ana@example.com", "fault": {"transient": 2}}),
+        );
+        let first = worker.handle(request.clone()).await;
+        drop(worker);
+
+        let restarted = ProvisioningWorker::open(dir.path()).await.unwrap();
+        let second = restarted.handle(request.clone()).await;
+        let third = restarted.handle(request).await;
+
+        assert!(first.is_err(), "{first:?}");
         assert_eq!(
             second,
             Err(StepError::transient(
