@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use typed_saga::{SagaEvent, SagaEventKind, SagaId, SagaLog, SqliteSagaLog, StepAction};
 
-const EVENTS_PER_SAGA: u64 = 200;
+const EVENTS_PER_SAGA: u64 = 500;
 
 fn attempt_started(saga_id: SagaId, sequence: u64) -> SagaEvent {
     SagaEvent {
