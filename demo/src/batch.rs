@@ -14,12 +14,12 @@ use tokio::task::JoinSet;
 use typed_saga::{SagaDefinition, SagaLog, SagaStatus, SqliteSagaLog};
 
 use crate::cli::{EXIT_FAILED, Settings};
-use crate::history::recover_unfinished;
+use crate::history::open_and_recover;
 use crate::saga::{
     ProvisioningInput, StepFaults, UserProvisioning, action_failure, describe_outcome,
     provisioning_saga,
 };
-use crate::saga_log::{open_saga_log, stdout_output};
+use crate::saga_log::stdout_output;
 use crate::transport::{Backend, LocalWorker, Transport};
 
 /// The columns a CSV file must have, in the order the help text lists them.
@@ -293,15 +293,7 @@ async fn run_sagas(
     users: Vec<CsvUser>,
     options: &BatchOptions,
 ) -> anyhow::Result<Tally> {
-    let durable_log = open_saga_log(&settings.data_dir)?;
-    recover_unfinished(
-        &durable_log,
-        backend.transport(),
-        settings.retry_delay,
-        false,
-        &stdout_output(),
-    )
-    .await?;
+    let durable_log = open_and_recover(settings, backend, &stdout_output()).await?;
     let users = skip_logged_users(&durable_log, users).await?;
     let saga_log: Arc<dyn SagaLog> = durable_log;
     let progress = progress_bar(users.len());

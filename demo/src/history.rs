@@ -87,6 +87,30 @@ pub async fn recover_unfinished(
     Ok(tally)
 }
 
+/// Opens the saga log of `settings.data_dir` and drives the sagas a crash
+/// left unfinished to an end, leaving sagas that ended `FAILED` as they are.
+/// Every command that starts sagas calls this first.
+///
+/// # Errors
+///
+/// When the log cannot be opened or listed.
+pub async fn open_and_recover(
+    settings: &Settings,
+    backend: &Backend,
+    output: &SharedOutput,
+) -> anyhow::Result<Arc<SqliteSagaLog>> {
+    let saga_log = open_saga_log(&settings.data_dir)?;
+    recover_unfinished(
+        &saga_log,
+        backend.transport(),
+        settings.retry_delay,
+        false,
+        output,
+    )
+    .await?;
+    Ok(saga_log)
+}
+
 async fn username_of(saga_log: &SqliteSagaLog, id: SagaId) -> String {
     let history = saga_log.history(id).await.unwrap_or_default();
     history

@@ -9,12 +9,12 @@ use typed_saga::{SagaLog, SagaOutcome, SagaStatus};
 
 use crate::batch;
 use crate::cli::{EXIT_COMPENSATED, EXIT_FAILED, ProvisionArgs, Settings};
-use crate::history::recover_unfinished;
+use crate::history::open_and_recover;
 use crate::saga::{
     ProvisioningInput, StepFaults, UserProvisioning, action_failure, describe_outcome,
     provisioning_saga,
 };
-use crate::saga_log::{EchoLog, open_saga_log, stdout_output};
+use crate::saga_log::{EchoLog, stdout_output};
 use crate::transport::{Backend, LocalWorker};
 
 /// Provisions the user that `args` describes, or each row of `args.file`,
@@ -83,15 +83,7 @@ async fn provision_one(
         backend.description()
     );
 
-    let durable_log = open_saga_log(&settings.data_dir)?;
-    recover_unfinished(
-        &durable_log,
-        backend.transport(),
-        settings.retry_delay,
-        false,
-        &stdout_output(),
-    )
-    .await?;
+    let durable_log = open_and_recover(settings, &backend, &stdout_output()).await?;
     let saga_log: Arc<dyn SagaLog> = durable_log;
     let username = input.username.clone();
     let echo = EchoLog::new(&username, Arc::clone(&saga_log), stdout_output());

@@ -9,13 +9,13 @@ use typed_saga::SagaLog;
 
 use crate::cli::Settings;
 use crate::domain::{Fault, MAX_STORAGE_MB};
-use crate::history::recover_unfinished;
+use crate::history::open_and_recover;
 use crate::report::print_databases;
 use crate::saga::{
     ProvisioningInput, ProvisioningStepKind, StepFaults, action_failure, describe_outcome,
     provisioning_saga,
 };
-use crate::saga_log::{EchoLog, SharedOutput, open_saga_log, print_line};
+use crate::saga_log::{EchoLog, SharedOutput, print_line};
 use crate::store::Store;
 use crate::transport::{Backend, LocalWorker};
 
@@ -59,15 +59,7 @@ async fn run_samples(
     let store = backend
         .store()
         .expect("a backend started with LocalWorker::Start has its worker's store");
-    let durable_log = open_saga_log(&settings.data_dir)?;
-    recover_unfinished(
-        &durable_log,
-        backend.transport(),
-        settings.retry_delay,
-        false,
-        output,
-    )
-    .await?;
+    let durable_log = open_and_recover(settings, backend, output).await?;
     let saga_log: Arc<dyn SagaLog> = durable_log;
     let suffix = unused_suffix(store, settings.retry_delay).await?;
 
