@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -238,22 +239,99 @@ impl SagaLog for MemoryLog {
     }
 
     fn unfinished(&self) -> LogFuture<'_, Vec<SagaId>> {
-        let mut last_status: Vec<(SagaId, Option<SagaStatus>)> = Vec::new();
+        let mut order = Vec::new();
+        let mut last_status: HashMap<SagaId, Option<SagaStatus>> = HashMap::new();
         for event in self.lock().iter() {
-            let status = match &event.kind {
-                SagaEventKind::Transition { to, .. } => Some(*to),
-                _ => None,
-            };
-            match last_status.iter_mut().find(|(id, _)| *id == event.saga_id) {
-                Some((_, last)) => *last = status.or(*last),
-                None => last_status.push((event.saga_id, status)),
+            let status = last_status.entry(event.saga_id).or_insert_with(|| {
+                order.push(event.saga_id);
+                None
+            });
+            if let SagaEventKind::Transition { to, .. } = &event.kind {
+                *status = Some(*to);
             }
         }
-        let unfinished = last_status
+        let unfinished = order
             .into_iter()
-            .filter(|(_, status)| !status.is_some_and(SagaStatus::is_final))
-            .map(|(id, _)| id)
+            .filter(|id| !last_status[id].is_some_and(SagaStatus::is_final))
             .collect();
         Box::pin(async { Ok(unfinished) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transition(saga_id: SagaId, sequence: u64, from: SagaStatus, to: SagaStatus) -> SagaEvent {
+        SagaEvent {
+            saga_id,
+            sequence,
+            recorded_at_ms: 0,
+            kind: SagaEventKind::Transition {
+                from,
+                to,
+                remaining: Vec::new(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_log_lists_unfinished_sagas_oldest_first() {
+        let log = MemoryLog::new();
+        let (first, done, last) = (SagaId::random(), SagaId::random(), SagaId::random());
+        for id in [first, done, last] {
+            log.append(&transition(id, 0, SagaStatus::Pending, SagaStatus::Running))
+                .await
+                .unwrap();
+        }
+        log.append(&transition(
+            done,
+            1,
+            SagaStatus::Running,
+            SagaStatus::Succeeded,
+        ))
+        .await
+        .unwrap();
+
+        assert_eq!(log.unfinished().await.unwrap(), [first, last]);
+    }
+
+    #[tokio::test]
+    async fn memory_log_history_keeps_one_saga_in_order() {
+        let log = MemoryLog::new();
+        let (mine, other) = (SagaId::random(), SagaId::random());
+        log.append(&transition(
+            mine,
+            0,
+            SagaStatus::Pending,
+            SagaStatus::Running,
+        ))
+        .await
+        .unwrap();
+        log.append(&transition(
+            other,
+            0,
+            SagaStatus::Pending,
+            SagaStatus::Running,
+        ))
+        .await
+        .unwrap();
+        log.append(&transition(
+            mine,
+            1,
+            SagaStatus::Running,
+            SagaStatus::Failed,
+        ))
+        .await
+        .unwrap();
+
+        let sequences: Vec<u64> = log
+            .history(mine)
+            .await
+            .unwrap()
+            .iter()
+            .map(|event| event.sequence)
+            .collect();
+        assert_eq!(sequences, [0, 1]);
     }
 }
