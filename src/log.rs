@@ -132,6 +132,12 @@ impl fmt::Display for SagaEventKind {
             } => write!(f, "{step} {action} attempt {attempt} started"),
             Self::AttemptSucceeded {
                 step,
+                action: StepAction::Compensate,
+                attempt,
+                ..
+            } => write!(f, "{step} compensate attempt {attempt} succeeded"),
+            Self::AttemptSucceeded {
+                step,
                 action,
                 attempt,
                 output,
@@ -154,6 +160,14 @@ impl fmt::Display for SagaEventKind {
                 )
             }
         }
+    }
+}
+
+impl fmt::Display for SagaEvent {
+    /// Formats the event as `#sequence event`, without the saga id or the
+    /// time.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{} {}", self.sequence, self.kind)
     }
 }
 

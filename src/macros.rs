@@ -87,6 +87,9 @@
 /// - A step type implements [`Step`](crate::Step) for one saga per
 ///   invocation; the same type may appear in several sagas, but only once
 ///   in each.
+/// - The generated types are as visible as the saga (`pub saga` makes them
+///   `pub`), so the input and context types must be at least as visible:
+///   a private context in a `pub saga` is error E0446.
 /// - The stable names are part of the saga log's format: renaming one makes
 ///   the logged histories that use the old name unreadable.
 ///

@@ -42,8 +42,10 @@ state_markers! {
     Running => Running;
     /// Every step took effect.
     Succeeded => Succeeded;
-    /// Ended badly, and some effects may remain: the saga lists the steps it
-    /// still has to compensate.
+    /// Stopped with effects that may remain, listing the steps still to
+    /// compensate. A saga enters it when a step fails for good, before any
+    /// compensation, and again when a compensation fails for good; either
+    /// way [`Saga::compensate`](crate::Saga::compensate) undoes the rest.
     Failed => Failed;
     /// Undoing the steps that took effect, newest first.
     Compensating => Compensating;

@@ -19,7 +19,7 @@ use crate::saga::{
     ProvisioningInput, StepFaults, UserProvisioning, action_failure, describe_outcome,
     provisioning_saga,
 };
-use crate::saga_log::stdout_output;
+use crate::saga_log::{print_stdout, stdout_output};
 use crate::transport::{Backend, LocalWorker, Transport};
 
 /// The columns a CSV file must have, in the order the help text lists them.
@@ -227,6 +227,9 @@ struct Tally {
     succeeded: usize,
     compensated: usize,
     failed: usize,
+    /// Rows left out because an earlier saga of the user succeeded or
+    /// ended FAILED.
+    already_logged: usize,
 }
 
 /// The final state of one row's saga.
@@ -256,13 +259,13 @@ pub async fn run(
     }
 
     let backend = Backend::start(settings, options.local_worker).await?;
-    println!(
+    print_stdout(format_args!(
         "Provisioning {} users from {} over {}, at most {} at once.",
         users.len(),
         path.display(),
         backend.description(),
         options.concurrency
-    );
+    ));
     let tally = run_sagas(settings, &backend, users, &options).await;
     backend.shutdown().await;
     let tally = tally?;
@@ -272,13 +275,17 @@ pub async fn run(
         1 => "; 1 malformed row skipped".to_owned(),
         count => format!("; {count} malformed rows skipped"),
     };
-    println!(
-        "{}: {} succeeded, {} compensated, {} failed{skipped}",
+    let already = match tally.already_logged {
+        0 => String::new(),
+        count => format!("; {count} already in the saga log"),
+    };
+    print_stdout(format_args!(
+        "{}: {} succeeded, {} compensated, {} failed{already}{skipped}",
         path.display(),
         tally.succeeded,
         tally.compensated,
         tally.failed
-    );
+    ));
 
     Ok(if tally.failed > 0 {
         ExitCode::from(EXIT_FAILED)
@@ -294,10 +301,14 @@ async fn run_sagas(
     options: &BatchOptions,
 ) -> anyhow::Result<Tally> {
     let durable_log = open_and_recover(settings, backend, &stdout_output()).await?;
+    let total = users.len();
     let users = skip_logged_users(&durable_log, users).await?;
     let saga_log: Arc<dyn SagaLog> = durable_log;
     let progress = progress_bar(users.len());
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        already_logged: total - users.len(),
+        ..Tally::default()
+    };
     let mut pending = users.into_iter();
     let mut running = JoinSet::new();
 
@@ -326,10 +337,10 @@ async fn run_sagas(
         }
         if outcome.status != SagaStatus::Succeeded {
             progress.suspend(|| {
-                println!(
+                print_stdout(format_args!(
                     "line {} {}: {}",
                     outcome.line, outcome.username, outcome.description
-                );
+                ));
             });
         }
         progress.set_message(format!(
@@ -344,9 +355,10 @@ async fn run_sagas(
 }
 
 /// Leaves out the rows whose username already has a saga in the log that
-/// succeeded or is still unfinished, so that running a file again, for
-/// example after a crash, provisions each user once. Rows whose earlier
-/// saga was compensated run again, because nothing of them remains.
+/// succeeded, or that ended FAILED and waits for `demo recover`, so that
+/// running a file again, for example after a crash, provisions each user
+/// once. Rows whose earlier saga was compensated run again, because nothing
+/// of them remains.
 async fn skip_logged_users(
     saga_log: &SqliteSagaLog,
     users: Vec<CsvUser>,
@@ -364,10 +376,25 @@ async fn skip_logged_users(
         .into_iter()
         .partition(|user| logged.contains(&user.input.username));
     if !done.is_empty() {
-        println!(
-            "{} users already have a saga in the saga log; they are skipped.",
-            done.len()
-        );
+        const SHOWN: usize = 5;
+        let mut names: Vec<&str> = done
+            .iter()
+            .take(SHOWN)
+            .map(|user| user.input.username.as_str())
+            .collect();
+        let more = done.len().saturating_sub(SHOWN);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        names.sort_unstable();
+        print_stdout(format_args!(
+            "Skipping {} users whose saga already succeeded, or ended FAILED and waits for \
+             `demo recover`: {}{more}.",
+            done.len(),
+            names.join(", ")
+        ));
     }
     Ok(remaining)
 }

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use typed_saga::StepKind;
 use typed_saga::amqp::redact_url;
+use typed_saga::{SagaId, StepKind};
 
 use crate::saga::ProvisioningStepKind;
 use crate::saga_log::stdout_output;
@@ -76,7 +76,8 @@ pub struct GlobalOptions {
     )]
     pub amqp_url: String,
 
-    /// The directory of the worker's databases, created when missing
+    /// The directory of the worker's databases (users.db, permissions.db,
+    /// quotas.db) and of the saga log (saga.db), created when missing
     #[arg(long, global = true, default_value = "./demo-data", value_name = "DIR")]
     pub data_dir: PathBuf,
 
@@ -85,7 +86,8 @@ pub struct GlobalOptions {
     #[arg(long, global = true, value_enum, default_value_t = Broker::Auto)]
     pub broker: Broker,
 
-    /// The command queue the worker consumes
+    /// The command queue the worker consumes. Every worker on one queue
+    /// must use the same --data-dir, since any of them may take a request
     #[arg(
         long,
         global = true,
@@ -135,7 +137,7 @@ pub enum Command {
     /// outputs and durations.
     Show {
         /// The saga's id, as `demo sagas` lists it
-        id: String,
+        id: SagaId,
     },
 }
 
@@ -287,8 +289,10 @@ impl Cli {
     /// else, so it logs its starts, stops and rejected requests.
     pub fn default_log_filter(&self) -> &'static str {
         match self.command {
-            Some(Command::Worker) => "info",
-            _ => "error",
+            // lapin logs each closed connection as an error of its own; the
+            // demo reports the same failure with the fix, so lapin is quieter.
+            Some(Command::Worker) => "info,lapin=warn",
+            _ => "error,lapin=off",
         }
     }
 }
@@ -326,7 +330,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Show { id }) => {
-            history::show(&settings, &id, &stdout_output()).await?;
+            history::show(&settings, id, &stdout_output()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

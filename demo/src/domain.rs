@@ -147,7 +147,7 @@ pub trait StepPayload: DeserializeOwned {
 
         match self.fault() {
             Some(fault) if fault.permanent => Err(StepError::permanent(format!(
-                "injected permanent fault in {}; remove \"permanent\" from the payload's fault to let it succeed",
+                "injected permanent fault in {}; the request asked for it with \"fault\": {{\"permanent\": true}}, which `demo provision --fail-at` sets",
                 Self::STEP
             ))),
             _ => Ok(()),

@@ -172,9 +172,9 @@ pub async fn recover(
 ///
 /// # Errors
 ///
-/// When the log cannot be opened or read.
+/// When the log is missing or cannot be read.
 pub async fn list(settings: &Settings, output: &SharedOutput) -> anyhow::Result<()> {
-    let saga_log = open_saga_log(&settings.data_dir)?;
+    let saga_log = open_existing_saga_log(settings)?;
     let sagas = saga_log.sagas().await?;
     if sagas.is_empty() {
         print_line(
@@ -217,11 +217,14 @@ pub async fn list(settings: &Settings, output: &SharedOutput) -> anyhow::Result<
 ///
 /// # Errors
 ///
-/// When `id` is not a UUID, the saga is not in the log, or the log cannot be
+/// When the saga is not in the log, or the log is missing or cannot be
 /// read.
-pub async fn show(settings: &Settings, id: &str, output: &SharedOutput) -> anyhow::Result<()> {
-    let saga_id: SagaId = id.parse().context("use an id that `demo sagas` lists")?;
-    let saga_log = open_saga_log(&settings.data_dir)?;
+pub async fn show(
+    settings: &Settings,
+    saga_id: SagaId,
+    output: &SharedOutput,
+) -> anyhow::Result<()> {
+    let saga_log = open_existing_saga_log(settings)?;
     let history = saga_log.history(saga_id).await?;
     if history.is_empty() {
         anyhow::bail!(
@@ -234,6 +237,19 @@ pub async fn show(settings: &Settings, id: &str, output: &SharedOutput) -> anyho
         print_line(output, format_args!("{line}"));
     }
     Ok(())
+}
+
+/// Opens the saga log for reading without creating it, so that a mistyped
+/// `--data-dir` is reported instead of leaving an empty log behind.
+fn open_existing_saga_log(settings: &Settings) -> anyhow::Result<Arc<SqliteSagaLog>> {
+    let path = settings.data_dir.join(SAGA_LOG_FILE);
+    if !path.is_file() {
+        anyhow::bail!(
+            "no saga log at {}; check --data-dir, or run `demo` or `demo provision` first",
+            path.display()
+        );
+    }
+    open_saga_log(&settings.data_dir)
 }
 
 /// Renders a history as lines for people: a header, then one line per
@@ -274,7 +290,7 @@ pub fn render_history(history: &[SagaEvent]) -> Vec<String> {
         format!("{elapsed_ms}ms so far")
     };
     lines.push(format!(
-        "  state: {status}, started {} UTC, {elapsed}",
+        "  state: {status}, started {}, {elapsed}",
         format_time(start_ms)
     ));
 
@@ -429,7 +445,7 @@ mod tests {
             [
                 "saga 00000000-0000-4000-8000-000000000001 (UserProvisioning), user ana.garcia",
                 "  input: {\"username\":\"ana.garcia\"}",
-                "  state: RUNNING, started 1970-01-01T00:00:01.000Z UTC, 17ms so far",
+                "  state: RUNNING, started 1970-01-01T00:00:01.000Z, 17ms so far",
                 "  +0ms PENDING -> RUNNING",
                 "  +5ms provision_user execute attempt 1: failed in 4ms (will retry): transient error: database busy",
                 "  +17ms provision_user execute attempt 2: succeeded in 7ms, output {\"user_id\":7}",

@@ -14,7 +14,7 @@ use crate::saga::{
     ProvisioningInput, StepFaults, UserProvisioning, action_failure, describe_outcome,
     provisioning_saga,
 };
-use crate::saga_log::{EchoLog, stdout_output};
+use crate::saga_log::{EchoLog, print_stdout, stdout_output};
 use crate::transport::{Backend, LocalWorker};
 
 /// Provisions the user that `args` describes, or each row of `args.file`,
@@ -77,11 +77,11 @@ async fn provision_one(
     local_worker: LocalWorker,
 ) -> anyhow::Result<ExitCode> {
     let backend = Backend::start(settings, local_worker).await?;
-    println!(
+    print_stdout(format_args!(
         "Provisioning {} over {}.",
         input.username,
         backend.description()
-    );
+    ));
 
     let durable_log = open_and_recover(settings, &backend, &stdout_output()).await?;
     let saga_log: Arc<dyn SagaLog> = durable_log;
@@ -94,7 +94,7 @@ async fn provision_one(
         settings.retry_delay,
     );
     let id = saga.id();
-    println!("saga {id}");
+    print_stdout(format_args!("saga {id}"));
 
     let started = Instant::now();
     let outcome = saga.run_to_end().await;
@@ -104,7 +104,7 @@ async fn provision_one(
 
     let history = saga_log.history(id).await?;
     let description = describe_outcome(&outcome, action_failure(&history).as_ref());
-    println!("{description} (in {elapsed_ms}ms)");
+    print_stdout(format_args!("{description} (in {elapsed_ms}ms)"));
     Ok(exit_status(&outcome))
 }
 

@@ -347,7 +347,8 @@ pub fn describe_outcome(
                 None => cause,
             };
             format!(
-                "FAILED: {cause}; the effects of [{}] remain for user {}",
+                "FAILED: {cause}; the effects of [{}] remain for user {}; run `demo recover` \
+                 once the worker is back to undo them",
                 remaining.join(", "),
                 saga.input().username
             )
@@ -423,8 +424,10 @@ mod tests {
         assert_eq!(
             description,
             "FAILED: create_quota execute failed: permanent error: injected permanent fault in \
-             create_quota; remove \"permanent\" from the payload's fault to let it succeed; the \
-             effects of [assign_permissions, provision_user] remain for user ana"
+             create_quota; the request asked for it with \"fault\": {\"permanent\": true}, which \
+             `demo provision --fail-at` sets; the \
+             effects of [assign_permissions, provision_user] remain for user ana; run `demo \
+             recover` once the worker is back to undo them"
         );
     }
 

@@ -32,6 +32,19 @@ pub fn print_line(output: &SharedOutput, line: std::fmt::Arguments<'_>) {
 /// The file name of the saga log under the data directory.
 pub const SAGA_LOG_FILE: &str = "saga.db";
 
+/// Prints one line to standard output, like `println!`, except that a
+/// closed pipe (`demo ... | head`) does not panic: a saga in flight must not
+/// stop halfway because nobody reads its progress.
+pub fn print_stdout(line: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_fmt(line)
+        .and_then(|()| stdout.write_all(b"\n"))
+    {
+        tracing::debug!(%error, "could not print a line");
+    }
+}
+
 /// Opens the durable saga log, `saga.db` under `data_dir`, creating the
 /// directory and the file when missing.
 ///

@@ -4,6 +4,7 @@ use anyhow::bail;
 use typed_saga::amqp::redact_url;
 
 use crate::cli::{Broker, Settings};
+use crate::saga_log::print_stdout;
 use crate::transport::{open_worker, start_consumer};
 
 /// Consumes `settings.queue` with a worker on `settings.data_dir` until
@@ -25,14 +26,16 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
 
     let worker = open_worker(settings).await?;
     let consumer = start_consumer(settings, worker).await?;
-    println!(
+    print_stdout(format_args!(
         "worker consuming queue `{}` at {url} with databases in {}; press Ctrl-C to stop",
         settings.queue,
         settings.data_dir.display()
-    );
+    ));
 
     let signal = stop_signal().await;
-    println!("{signal}: stopping after the running requests are answered");
+    print_stdout(format_args!(
+        "{signal}: stopping after the running requests are answered"
+    ));
     consumer.shutdown().await;
     Ok(())
 }

@@ -211,6 +211,11 @@ async fn choose_client(
         (Broker::Auto, LocalWorker::Start) => {
             match RpcClient::connect(&settings.amqp_url, probe).await {
                 Ok(client) => Ok(Some(client)),
+                // The broker answered and rejected the connection (wrong
+                // credentials or vhost): falling back would hide the mistake.
+                Err(error) if error.is_rejected_by_broker() => {
+                    Err(amqp_error(settings, "connect the RPC client", error))
+                }
                 Err(error) => {
                     let url = redact_url(&settings.amqp_url);
                     eprintln!(
@@ -235,9 +240,9 @@ async fn connect_client(
         .map_err(|error| amqp_error(settings, "connect the RPC client", error))
 }
 
-/// Wraps a broker error with the action that failed. When the connection
-/// itself failed, the outer message names the broker as unreachable and
-/// gives the command that starts RabbitMQ.
+/// Wraps a broker error with the action that failed. When the broker
+/// refused the connection, the outer message points at the credentials;
+/// when it could not be reached, it gives the command that starts RabbitMQ.
 fn amqp_error(settings: &Settings, action: &str, error: AmqpError) -> anyhow::Error {
     let url = redact_url(&settings.amqp_url);
     let unreachable = matches!(
@@ -245,8 +250,15 @@ fn amqp_error(settings: &Settings, action: &str, error: AmqpError) -> anyhow::Er
         AmqpError::Connect { .. } | AmqpError::ConnectTimeout { .. }
     );
 
+    let rejected = error.is_rejected_by_broker();
+
     let error = anyhow::Error::new(error);
-    if unreachable {
+    if rejected {
+        error.context(format!(
+            "RabbitMQ at {url} refused the connection; check the user, password and vhost in \
+             --amqp-url (or AMQP_URL)"
+        ))
+    } else if unreachable {
         error.context(format!(
             "RabbitMQ is not reachable at {url}; start it with `{START_RABBITMQ}`, or point \
              --amqp-url (or AMQP_URL) at a running broker"

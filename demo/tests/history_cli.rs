@@ -95,7 +95,7 @@ fn show_prints_attempts_errors_and_transitions() {
 
 #[test]
 fn show_of_an_unknown_id_names_the_fix() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _) = tour_then_list();
 
     let show = demo(
         dir.path(),
@@ -106,6 +106,30 @@ fn show_of_an_unknown_id_names_the_fix() {
     assert!(!show.status.success());
     assert!(stderr.contains("not found"), "{stderr}");
     assert!(stderr.contains("demo sagas"), "{stderr}");
+}
+
+#[test]
+fn show_of_an_invalid_id_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let show = demo(dir.path(), &["show", "95289f9e"]);
+
+    let stderr = String::from_utf8_lossy(&show.stderr);
+    assert_eq!(show.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid saga id \"95289f9e\""), "{stderr}");
+}
+
+#[test]
+fn sagas_without_a_log_says_so_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("typo");
+
+    let list = demo(&data_dir, &["sagas"]);
+
+    let stderr = String::from_utf8_lossy(&list.stderr);
+    assert!(!list.status.success());
+    assert!(stderr.contains("no saga log at"), "{stderr}");
+    assert!(!data_dir.exists());
 }
 
 #[test]

@@ -130,6 +130,21 @@ impl AmqpError {
     }
 }
 
+impl AmqpError {
+    /// Returns true when the broker answered but refused the connection,
+    /// for example for wrong credentials or an unknown vhost, as opposed to
+    /// a broker that could not be reached at all.
+    pub fn is_rejected_by_broker(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect {
+                error: lapin::Error::ProtocolError(_),
+                ..
+            }
+        )
+    }
+}
+
 /// Hides the password of an AMQP URL, so that the URL can be logged.
 ///
 /// `amqp://guest:guest@127.0.0.1:5672/%2f` becomes
