@@ -213,7 +213,14 @@ impl LogError {
 /// the process.
 #[derive(Debug, Default)]
 pub struct MemoryLog {
-    events: Mutex<Vec<SagaEvent>>,
+    inner: Mutex<MemoryLogInner>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryLogInner {
+    events: Vec<SagaEvent>,
+    /// The sequence number each saga's next event must carry.
+    next_sequence: HashMap<SagaId, u64>,
 }
 
 impl MemoryLog {
@@ -224,13 +231,13 @@ impl MemoryLog {
 
     /// Returns a copy of every event of every saga, in the order appended.
     pub fn events(&self) -> Vec<SagaEvent> {
-        self.lock().clone()
+        self.lock().events.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SagaEvent>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryLogInner> {
         // A panic while holding the lock cannot leave a half-pushed event, so
         // the data is usable after poisoning.
-        self.events
+        self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -238,13 +245,32 @@ impl MemoryLog {
 
 impl SagaLog for MemoryLog {
     fn append<'a>(&'a self, event: &'a SagaEvent) -> LogFuture<'a, ()> {
-        self.lock().push(event.clone());
-        Box::pin(async { Ok(()) })
+        let mut inner = self.lock();
+        let expected = inner
+            .next_sequence
+            .get(&event.saga_id)
+            .copied()
+            .unwrap_or(0);
+        let result = if event.sequence == expected {
+            inner.events.push(event.clone());
+            inner.next_sequence.insert(event.saga_id, expected + 1);
+            Ok(())
+        } else {
+            // A second saga with a reused id, or two processes driving one
+            // saga, would otherwise interleave two histories.
+            Err(LogError::new(format!(
+                "event {} of saga {} does not follow the log's last event of that saga, \
+                 which expects sequence number {expected}; give each saga its own id",
+                event.sequence, event.saga_id
+            )))
+        };
+        Box::pin(async { result })
     }
 
     fn history(&self, id: SagaId) -> LogFuture<'_, Vec<SagaEvent>> {
         let history = self
             .lock()
+            .events
             .iter()
             .filter(|event| event.saga_id == id)
             .cloned()
@@ -255,7 +281,7 @@ impl SagaLog for MemoryLog {
     fn unfinished(&self) -> LogFuture<'_, Vec<SagaId>> {
         let mut order = Vec::new();
         let mut last_status: HashMap<SagaId, Option<SagaStatus>> = HashMap::new();
-        for event in self.lock().iter() {
+        for event in self.lock().events.iter() {
             let status = last_status.entry(event.saga_id).or_insert_with(|| {
                 order.push(event.saga_id);
                 None
@@ -308,6 +334,26 @@ mod tests {
         .unwrap();
 
         assert_eq!(log.unfinished().await.unwrap(), [first, last]);
+    }
+
+    #[tokio::test]
+    async fn memory_log_rejects_an_event_out_of_sequence() {
+        let log = MemoryLog::new();
+        let id = SagaId::random();
+        log.append(&transition(id, 0, SagaStatus::Pending, SagaStatus::Running))
+            .await
+            .unwrap();
+
+        let error = log
+            .append(&transition(id, 0, SagaStatus::Pending, SagaStatus::Running))
+            .await
+            .unwrap_err();
+
+        assert!(
+            error.to_string().contains("expects sequence number 1"),
+            "{error}"
+        );
+        assert_eq!(log.events().len(), 1);
     }
 
     #[tokio::test]

@@ -317,17 +317,26 @@ pub mod __private {
     /// Encodes an action's output for the log. An output that cannot be
     /// encoded comes from an action that already took effect, so the attempt
     /// counts as an unknown outcome and the step gets compensated.
-    pub fn encode_output<K: std::fmt::Display, T: Serialize>(
+    pub fn encode_output<K: std::fmt::Display, T: Serialize + DeserializeOwned>(
         kind: K,
         result: Result<T, StepError>,
     ) -> Result<Value, StepError> {
         let output = result?;
-        serde_json::to_value(output).map_err(|error| {
+        let value = serde_json::to_value(output).map_err(|error| {
             StepError::unknown(format!(
                 "the output of step {kind} cannot be serialized to JSON: {error}; \
                  fix the step's Output type"
             ))
-        })
+        })?;
+        // JSON turns some values into others (a NaN float becomes null), and
+        // an output that does not read back would make the compensation fail.
+        if let Err(error) = serde_json::from_value::<T>(value.clone()) {
+            return Err(StepError::unknown(format!(
+                "the output of step {kind} does not read back from JSON ({value}): {error}; \
+                 fix the step's Output type or the value it returns"
+            )));
+        }
+        Ok(value)
     }
 
     /// Decodes a stored output for a compensation.

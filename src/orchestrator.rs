@@ -1,5 +1,9 @@
 //! The loops that execute and compensate a saga's steps.
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
 use tracing::{Instrument, error, info, warn};
 
 use crate::log::now_ms;
@@ -112,7 +116,7 @@ impl<D: SagaDefinition> SagaCore<D> {
     /// up. Returns whether it succeeded.
     async fn compensate_step(&mut self, kind: D::Kind) -> Result<bool, SagaError> {
         let policy =
-            D::compensation_policy(kind).unwrap_or_else(|| self.compensation_policy.clone());
+            D::compensation_policy(kind).unwrap_or_else(|| self.default_compensation_policy());
         loop {
             if self.has_given_up(kind, StepAction::Compensate) {
                 return Ok(false);
@@ -150,6 +154,12 @@ impl<D: SagaDefinition> SagaCore<D> {
                 }
             }
         }
+    }
+
+    fn default_compensation_policy(&self) -> RetryPolicy {
+        self.compensation_policy
+            .clone()
+            .unwrap_or_else(|| self.retry_policy.clone())
     }
 
     /// Returns whether the current round already gave up on this action,
@@ -319,18 +329,32 @@ impl<D: SagaDefinition> SagaCore<D> {
     }
 }
 
+/// Runs one attempt, turning a timeout or a panic into an unknown outcome:
+/// in both cases the step may have had its effect before it stopped.
 async fn with_timeout<T>(
     policy: &RetryPolicy,
     attempt: impl Future<Output = Result<T, StepError>>,
 ) -> Result<T, StepError> {
-    match policy.attempt_timeout() {
+    let attempt = AssertUnwindSafe(attempt).catch_unwind();
+    let outcome = match policy.attempt_timeout() {
         None => attempt.await,
-        Some(limit) => tokio::time::timeout(limit, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StepError::unknown(format!(
+        Some(limit) => match tokio::time::timeout(limit, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                return Err(StepError::unknown(format!(
                     "the attempt timed out after {limit:?}; its effect may still happen"
-                )))
-            }),
-    }
+                )));
+            }
+        },
+    };
+    outcome.unwrap_or_else(|panic| Err(StepError::unknown(panic_message(&*panic))))
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    format!("the attempt panicked: {message}; its effect may have happened")
 }

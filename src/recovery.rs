@@ -50,7 +50,7 @@ pub struct Recovery<D: SagaDefinition> {
     log: Arc<dyn SagaLog>,
     context: Arc<D::Context>,
     retry_policy: RetryPolicy,
-    compensation_policy: RetryPolicy,
+    compensation_policy: Option<RetryPolicy>,
     resume_failed: bool,
 }
 
@@ -72,7 +72,7 @@ impl<D: SagaDefinition> Recovery<D> {
             log,
             context,
             retry_policy: RetryPolicy::default(),
-            compensation_policy: RetryPolicy::default(),
+            compensation_policy: None,
             resume_failed: false,
         }
     }
@@ -85,7 +85,7 @@ impl<D: SagaDefinition> Recovery<D> {
 
     /// Sets the policy of resumed compensations.
     pub fn with_compensation_policy(mut self, policy: RetryPolicy) -> Self {
-        self.compensation_policy = policy;
+        self.compensation_policy = Some(policy);
         self
     }
 

@@ -35,7 +35,9 @@ pub(crate) struct SagaCore<D: SagaDefinition> {
     pub(crate) context: Arc<D::Context>,
     pub(crate) log: Arc<dyn SagaLog>,
     pub(crate) retry_policy: RetryPolicy,
-    pub(crate) compensation_policy: RetryPolicy,
+    /// `None` until set: compensations then use the values of
+    /// `retry_policy`, with a budget of attempts of their own.
+    pub(crate) compensation_policy: Option<RetryPolicy>,
     pub(crate) span: tracing::Span,
     pub(crate) history: History<D>,
 }
@@ -96,7 +98,7 @@ pub enum SagaError {
     /// An event could not be stored. The saga stopped before acting on it;
     /// resuming it from the log continues from its last stored event.
     #[error(
-        "saga {saga_id}: cannot append to the saga log; the saga stopped and can be resumed from the log"
+        "saga {saga_id}: the saga log did not store an event, so the saga stopped before acting on it"
     )]
     Log {
         /// The saga.
@@ -223,7 +225,7 @@ impl<D: SagaDefinition> Saga<D, Pending> {
             context,
             log: Arc::new(MemoryLog::new()),
             retry_policy: RetryPolicy::default(),
-            compensation_policy: RetryPolicy::default(),
+            compensation_policy: None,
             span: saga_span::<D>(id),
             history: History::new(plan),
         }))
@@ -249,8 +251,10 @@ impl<D: SagaDefinition> Saga<D, Pending> {
     }
 
     /// Sets the policy of every compensation whose step does not override it.
+    /// Without it, compensations use the saga's retry policy, counting their
+    /// attempts separately from the actions'.
     pub fn with_compensation_policy(mut self, policy: RetryPolicy) -> Self {
-        self.core.compensation_policy = policy;
+        self.core.compensation_policy = Some(policy);
         self
     }
 

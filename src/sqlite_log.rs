@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -277,13 +277,22 @@ fn check_integrity(connection: &Connection, path: &str) -> Result<(), LogError> 
     let problem: String = connection
         .query_row("PRAGMA quick_check", [], |row| row.get(0))
         .map_err(|error| {
-            LogError::with_source(
+            let damaged = matches!(
+                error.sqlite_error_code(),
+                Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt)
+            );
+            let message = if damaged {
                 format!(
-                    "saga log {path} is not a readable SQLite database: {error}; \
+                    "saga log {path} is not a readable SQLite database: {error}; it was left unchanged: \
                      move it aside to start a new log, or recover its readable rows with `sqlite3 {path} .recover`"
-                ),
-                error,
-            )
+                )
+            } else {
+                format!(
+                    "cannot open saga log {path}: {error}; check that the file and its directory \
+                     are readable and writable by this user"
+                )
+            };
+            LogError::with_source(message, error)
         })?;
     if problem == "ok" {
         return Ok(());
@@ -292,6 +301,26 @@ fn check_integrity(connection: &Connection, path: &str) -> Result<(), LogError> 
         "saga log {path} is damaged ({problem}); it was left unchanged: \
          recover its readable rows with `sqlite3 {path} .recover`, or move it aside to start a new log"
     )))
+}
+
+/// Refuses a SQLite file of schema version 0 that already has tables: it is
+/// some other database, and creating the log's tables in it would change it.
+fn check_not_foreign(connection: &Connection, path: &str) -> Result<(), LogError> {
+    let foreign: Option<String> = connection
+        .query_row(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('events', 'sagas') LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .optional()
+        .map_err(|error| LogError::with_source(format!("cannot read saga log {path}: {error}"), error))?;
+    match foreign {
+        None => Ok(()),
+        Some(table) => Err(LogError::new(format!(
+            "{path} is a SQLite database but not a saga log (it has a table {table:?}); \
+             it was left unchanged: point the saga log at another file"
+        ))),
+    }
 }
 
 fn migrate(connection: &Connection, path: &str) -> Result<(), LogError> {
@@ -305,6 +334,9 @@ fn migrate(connection: &Connection, path: &str) -> Result<(), LogError> {
     match version {
         SCHEMA_VERSION => Ok(()),
         0 | 1 => {
+            if version == 0 {
+                check_not_foreign(connection, path)?;
+            }
             connection
                 .execute_batch("BEGIN IMMEDIATE")
                 .map_err(sqlite)?;
@@ -322,6 +354,10 @@ fn migrate(connection: &Connection, path: &str) -> Result<(), LogError> {
                 }
             }
         }
+        invalid if invalid < 0 => Err(LogError::new(format!(
+            "saga log {path} has the invalid schema version {invalid}; it was left unchanged: \
+             check that the file is a saga log"
+        ))),
         newer => Err(LogError::new(format!(
             "saga log {path} has schema version {newer}, but this build of typed-saga reads versions up to {SCHEMA_VERSION}; \
              open it with a newer typed-saga"

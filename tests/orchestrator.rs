@@ -25,6 +25,7 @@ enum Notify {
     AlwaysBusy,
     Hangs,
     Rejects,
+    Panics,
 }
 
 #[derive(Default)]
@@ -72,6 +73,7 @@ impl Step<Signup> for SendWelcome {
                 Ok("too late".to_owned())
             }
             Notify::Rejects => Err(StepError::permanent("address rejected")),
+            Notify::Panics => panic!("mail client bug"),
         }
     }
 
@@ -205,4 +207,76 @@ fn factory_builds_the_step_of_each_kind() {
     for &kind in SignupStepKind::ALL {
         assert_eq!(SignupStep::from_kind(kind).kind(), kind);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn panicking_step_counts_as_unknown_outcome() {
+    let calls = Arc::new(Calls::default());
+    let log = Arc::new(typed_saga::MemoryLog::new());
+    let outcome = Saga::<Signup, _>::new(Notify::Panics, calls.clone())
+        .with_log(log.clone())
+        .run_to_end()
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.status(), SagaStatus::Compensated);
+    assert_eq!(calls.notify_executions.load(Ordering::SeqCst), 2);
+    assert_eq!(calls.notify_compensations.load(Ordering::SeqCst), 1);
+    let panicked = log.events().iter().any(|event| {
+        event
+            .kind
+            .to_string()
+            .contains("the attempt panicked: mail client bug")
+    });
+    assert!(panicked, "{:#?}", log.events());
+}
+
+#[derive(Default)]
+struct Measure;
+
+impl Step<Survey> for Measure {
+    type Output = f64;
+
+    async fn execute(&self, _: &StepContext<'_, Survey>) -> Result<f64, StepError> {
+        Ok(f64::NAN)
+    }
+
+    async fn compensate(
+        &self,
+        _: &StepContext<'_, Survey>,
+        _: Option<f64>,
+    ) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+typed_saga::saga! {
+    /// Records one measurement.
+    saga Survey {
+        input: (),
+        context: (),
+        step_enum: SurveyStep,
+        kind_enum: SurveyStepKind,
+        steps: [measure => Measure],
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn output_that_does_not_read_back_is_unknown() {
+    let log = Arc::new(typed_saga::MemoryLog::new());
+    let outcome = Saga::<Survey, _>::new((), Arc::new(()))
+        .with_log(log.clone())
+        .with_retry_policy(RetryPolicy::fixed(2, Duration::from_secs(1)))
+        .run_to_end()
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.status(), SagaStatus::Compensated);
+    let rejected = log.events().iter().any(|event| {
+        event
+            .kind
+            .to_string()
+            .contains("does not read back from JSON")
+    });
+    assert!(rejected, "{:#?}", log.events());
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use common::{ActionScript, SimSaga, World, context, script};
 use typed_saga::{
-    LoadedSaga, MemoryLog, Recovery, Saga, SagaError, SagaEvent, SagaEventKind, SagaId, SagaLog,
-    SagaStatus, StepAction,
+    LoadedSaga, LogError, LogFuture, MemoryLog, Recovery, Saga, SagaError, SagaEvent,
+    SagaEventKind, SagaId, SagaLog, SagaStatus, StepAction,
 };
 
 async fn finished_log(actions: &[ActionScript]) -> (Arc<MemoryLog>, SagaId) {
@@ -20,18 +20,35 @@ async fn finished_log(actions: &[ActionScript]) -> (Arc<MemoryLog>, SagaId) {
     (log, id)
 }
 
-/// Copies `events` into a fresh log, changed by `edit`.
-async fn edited_log(
-    events: &[SagaEvent],
-    edit: impl FnOnce(&mut Vec<SagaEvent>),
-) -> Arc<MemoryLog> {
+/// A log that returns a fixed history, valid or not, as a damaged store
+/// would.
+struct FixedLog(Vec<SagaEvent>);
+
+impl SagaLog for FixedLog {
+    fn append<'a>(&'a self, _: &'a SagaEvent) -> LogFuture<'a, ()> {
+        Box::pin(async { Err(LogError::new("this log is read-only")) })
+    }
+
+    fn history(&self, id: SagaId) -> LogFuture<'_, Vec<SagaEvent>> {
+        let events = self
+            .0
+            .iter()
+            .filter(|event| event.saga_id == id)
+            .cloned()
+            .collect();
+        Box::pin(async { Ok(events) })
+    }
+
+    fn unfinished(&self) -> LogFuture<'_, Vec<SagaId>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// Copies `events` into a fixed log, changed by `edit`.
+async fn edited_log(events: &[SagaEvent], edit: impl FnOnce(&mut Vec<SagaEvent>)) -> Arc<FixedLog> {
     let mut events = events.to_vec();
     edit(&mut events);
-    let log = Arc::new(MemoryLog::new());
-    for event in &events {
-        log.append(event).await.unwrap();
-    }
-    log
+    Arc::new(FixedLog(events))
 }
 
 #[tokio::test(start_paused = true)]

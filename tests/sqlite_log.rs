@@ -290,3 +290,21 @@ async fn truncated_file_is_refused_and_left_unchanged() {
     assert!(error.contains(".recover"), "{error}");
     assert_eq!(std::fs::read(&path).unwrap(), truncated);
 }
+
+#[test]
+fn other_sqlite_database_is_refused_and_left_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("users.db");
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    connection
+        .execute_batch("CREATE TABLE users (username TEXT); INSERT INTO users VALUES ('ana');")
+        .unwrap();
+    drop(connection);
+    let before = std::fs::read(&path).unwrap();
+
+    let error = SqliteSagaLog::open(&path).unwrap_err().to_string();
+
+    assert!(error.contains("not a saga log"), "{error}");
+    assert!(error.contains("\"users\""), "{error}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
