@@ -1,6 +1,6 @@
 //! `demo provision --file`: one saga per CSV row, several at once.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use csv::{DeserializeErrorKind, ErrorKind, StringRecord};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::task::JoinSet;
 use typed_saga::{SagaDefinition, SagaLog, SagaStatus, SqliteSagaLog};
 
@@ -102,10 +103,25 @@ pub fn read_users(path: &Path) -> anyhow::Result<CsvUsers> {
     check_headers(&headers).with_context(|| format!("invalid header row in {}", path.display()))?;
 
     let mut rows = CsvUsers::default();
+    let mut first_lines: HashMap<String, u64> = HashMap::new();
     for record in reader.records() {
         match record {
             Ok(record) => match parse_row(&headers, &record, &content) {
-                Ok(user) => rows.users.push(user),
+                Ok(user) => match first_lines.get(&user.input.username) {
+                    // Two sagas for one username would race, and the row
+                    // that lost would read as a clash with an older user.
+                    Some(first) => rows.malformed.push(MalformedRow {
+                        line: user.line,
+                        problem: format!(
+                            "duplicate username {:?}, first on line {first}; keep one row per user",
+                            user.input.username
+                        ),
+                    }),
+                    None => {
+                        first_lines.insert(user.input.username.clone(), user.line);
+                        rows.users.push(user);
+                    }
+                },
                 Err(malformed) => rows.malformed.push(malformed),
             },
             Err(error) => {
@@ -302,11 +318,12 @@ async fn run_sagas(
 ) -> anyhow::Result<Tally> {
     let durable_log = open_and_recover(settings, backend, &stdout_output()).await?;
     let total = users.len();
-    let users = skip_logged_users(&durable_log, users).await?;
+    let (users, failed_before) = skip_logged_users(&durable_log, users).await?;
     let saga_log: Arc<dyn SagaLog> = durable_log;
     let progress = progress_bar(users.len());
     let mut tally = Tally {
         already_logged: total - users.len(),
+        failed: failed_before,
         ..Tally::default()
     };
     let mut pending = users.into_iter();
@@ -358,45 +375,60 @@ async fn run_sagas(
 /// succeeded, or that ended FAILED and waits for `demo recover`, so that
 /// running a file again, for example after a crash, provisions each user
 /// once. Rows whose earlier saga was compensated run again, because nothing
-/// of them remains.
+/// of them remains. Returns the rows to run and the number of rows whose
+/// earlier saga ended FAILED.
 async fn skip_logged_users(
     saga_log: &SqliteSagaLog,
     users: Vec<CsvUser>,
-) -> anyhow::Result<Vec<CsvUser>> {
-    let logged: HashSet<String> = saga_log
-        .sagas()
-        .await?
-        .into_iter()
-        .filter(|saga| saga.saga == UserProvisioning::NAME)
-        .filter(|saga| saga.status != SagaStatus::Compensated)
-        .filter_map(|saga| Some(saga.input.get("username")?.as_str()?.to_owned()))
-        .collect();
-
-    let (done, remaining): (Vec<CsvUser>, Vec<CsvUser>) = users
-        .into_iter()
-        .partition(|user| logged.contains(&user.input.username));
-    if !done.is_empty() {
-        const SHOWN: usize = 5;
-        let mut names: Vec<&str> = done
-            .iter()
-            .take(SHOWN)
-            .map(|user| user.input.username.as_str())
-            .collect();
-        let more = done.len().saturating_sub(SHOWN);
-        let more = if more > 0 {
-            format!(" and {more} more")
-        } else {
-            String::new()
+) -> anyhow::Result<(Vec<CsvUser>, usize)> {
+    let mut logged: HashMap<String, SagaStatus> = HashMap::new();
+    for saga in saga_log.sagas().await? {
+        let Some(username) = saga.input.get("username").and_then(Value::as_str) else {
+            continue;
         };
-        names.sort_unstable();
+        if saga.saga != UserProvisioning::NAME || saga.status == SagaStatus::Compensated {
+            continue;
+        }
+        // A later saga of the same user decides, since it ran after.
+        logged.insert(username.to_owned(), saga.status);
+    }
+
+    let mut remaining = Vec::new();
+    let mut succeeded = Vec::new();
+    let mut failed = Vec::new();
+    for user in users {
+        match logged.get(&user.input.username) {
+            None => remaining.push(user),
+            Some(SagaStatus::Succeeded) => succeeded.push(user.input.username),
+            Some(_) => failed.push(user.input.username),
+        }
+    }
+    if !succeeded.is_empty() {
         print_stdout(format_args!(
-            "Skipping {} users whose saga already succeeded, or ended FAILED and waits for \
-             `demo recover`: {}{more}.",
-            done.len(),
-            names.join(", ")
+            "Skipping {} users whose saga already succeeded: {}.",
+            succeeded.len(),
+            name_list(&succeeded)
         ));
     }
-    Ok(remaining)
+    if !failed.is_empty() {
+        print_stdout(format_args!(
+            "Skipping {} users whose saga ended FAILED with effects left; run `demo recover` to \
+             undo them: {}.",
+            failed.len(),
+            name_list(&failed)
+        ));
+    }
+    Ok((remaining, failed.len()))
+}
+
+/// Lists the first few names, and how many more there are.
+fn name_list(names: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let shown = names[..names.len().min(SHOWN)].join(", ");
+    match names.len().saturating_sub(SHOWN) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
 }
 
 /// Runs one row's saga to its end. A saga stopped by its log counts as
@@ -450,6 +482,27 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(content.as_bytes()).unwrap();
         read_users(file.path())
+    }
+
+    #[test]
+    fn duplicate_username_keeps_the_first_row() {
+        let rows = read(
+            "username,email,roles,storage_mb,ops_per_day\n\
+             ann1,a@example.com,reader,1,1\n\
+             ann1,b@example.com,reader,1,1\n",
+        )
+        .unwrap();
+
+        assert_eq!(rows.users.len(), 1);
+        assert_eq!(rows.users[0].input.email, "a@example.com");
+        assert_eq!(
+            rows.malformed,
+            [MalformedRow {
+                line: 3,
+                problem: "duplicate username \"ann1\", first on line 2; keep one row per user"
+                    .to_owned(),
+            }]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use typed_saga::{
 
 use crate::cli::{EXIT_FAILED, Settings};
 use crate::saga::{MAX_ATTEMPTS, UserProvisioning};
-use crate::saga_log::{SAGA_LOG_FILE, SharedOutput, open_saga_log, print_line};
+use crate::saga_log::{SAGA_LOG_FILE, SharedOutput, lock_saga_log, open_saga_log, print_line};
 use crate::transport::{Backend, LocalWorker, Transport};
 
 /// How many recovered sagas ended in each state.
@@ -99,6 +99,7 @@ pub async fn open_and_recover(
     backend: &Backend,
     output: &SharedOutput,
 ) -> anyhow::Result<Arc<SqliteSagaLog>> {
+    lock_saga_log(&settings.data_dir)?;
     let saga_log = open_saga_log(&settings.data_dir)?;
     recover_unfinished(
         &saga_log,
@@ -138,6 +139,7 @@ pub async fn recover(
     local_worker: LocalWorker,
     output: &SharedOutput,
 ) -> anyhow::Result<ExitCode> {
+    lock_saga_log(&settings.data_dir)?;
     let saga_log = open_saga_log(&settings.data_dir)?;
     let backend = Backend::start(settings, local_worker).await?;
     let tally = recover_unfinished(

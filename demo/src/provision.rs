@@ -14,7 +14,7 @@ use crate::saga::{
     ProvisioningInput, StepFaults, UserProvisioning, action_failure, describe_outcome,
     provisioning_saga,
 };
-use crate::saga_log::{EchoLog, print_stdout, stdout_output};
+use crate::saga_log::{EchoLog, lock_saga_log, print_stdout, stdout_output};
 use crate::transport::{Backend, LocalWorker};
 
 /// Provisions the user that `args` describes, or each row of `args.file`,
@@ -25,6 +25,9 @@ use crate::transport::{Backend, LocalWorker};
 /// When the transport cannot start, the CSV file cannot be read, or a
 /// saga's log fails.
 pub async fn run(settings: &Settings, args: ProvisionArgs) -> anyhow::Result<ExitCode> {
+    // Before the worker starts, so a second command on the same data
+    // directory stops before it takes any request.
+    lock_saga_log(&settings.data_dir)?;
     let faults = injected_faults(&args);
     let local_worker = if args.no_local_worker {
         LocalWorker::None

@@ -1,11 +1,12 @@
 //! The saga log that the demo's commands share, and a wrapper that also
 //! prints each event as it happens.
 
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use typed_saga::{LogFuture, SagaEvent, SagaId, SagaLog, SqliteSagaLog};
 
 /// A writer shared by the code that prints, such as standard output or a
@@ -32,6 +33,10 @@ pub fn print_line(output: &SharedOutput, line: std::fmt::Arguments<'_>) {
 /// The file name of the saga log under the data directory.
 pub const SAGA_LOG_FILE: &str = "saga.db";
 
+/// The file whose lock marks the process that drives the sagas of a data
+/// directory.
+pub const SAGA_LOG_LOCK_FILE: &str = "saga.db.lock";
+
 /// Prints one line to standard output, like `println!`, except that a
 /// closed pipe (`demo ... | head`) does not panic: a saga in flight must not
 /// stop halfway because nobody reads its progress.
@@ -42,6 +47,48 @@ pub fn print_stdout(line: std::fmt::Arguments<'_>) {
         .and_then(|()| stdout.write_all(b"\n"))
     {
         tracing::debug!(%error, "could not print a line");
+    }
+}
+
+/// Takes an exclusive lock on the saga log of `data_dir` for the rest of
+/// the process, so that two commands never drive the same sagas at once.
+/// The operating system releases it when the process exits, also on a
+/// crash. Taking it again in the same process succeeds.
+///
+/// # Errors
+///
+/// When another process holds the lock, or the lock file cannot be opened.
+pub fn lock_saga_log(data_dir: &Path) -> anyhow::Result<()> {
+    static HELD: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
+
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let path = data_dir.join(SAGA_LOG_LOCK_FILE);
+    let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
+    if held.iter().any(|(locked, _)| *locked == path) {
+        return Ok(());
+    }
+
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {
+            held.push((path, file));
+            Ok(())
+        }
+        Err(TryLockError::WouldBlock) => bail!(
+            "another demo command is running sagas on {} (it holds {}); wait for it to finish, \
+             or use another --data-dir",
+            data_dir.display(),
+            path.display()
+        ),
+        Err(TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock {}", path.display()))
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use crate::saga::{
     ProvisioningInput, ProvisioningStepKind, StepFaults, action_failure, describe_outcome,
     provisioning_saga,
 };
-use crate::saga_log::{EchoLog, SharedOutput, print_line};
+use crate::saga_log::{EchoLog, SharedOutput, lock_saga_log, print_line};
 use crate::store::Store;
 use crate::transport::{Backend, LocalWorker};
 
@@ -45,6 +45,7 @@ struct Sample {
 /// When the worker cannot start, the databases cannot be read, or a saga's
 /// log fails.
 pub async fn run(settings: &Settings, output: &SharedOutput) -> anyhow::Result<()> {
+    lock_saga_log(&settings.data_dir)?;
     let backend = Backend::start(settings, LocalWorker::Start).await?;
     let result = run_samples(settings, &backend, output).await;
     backend.shutdown().await;

@@ -96,6 +96,7 @@ impl Backend {
 
         let (local_worker, consumer, served_by) = match local_worker {
             LocalWorker::Start => {
+                ensure_no_other_consumer(settings).await?;
                 let worker = open_worker(settings).await?;
                 let consumer = start_consumer(settings, worker.clone()).await?;
                 (
@@ -188,6 +189,69 @@ pub async fn start_consumer(
         let action = format!("start the worker on queue `{}`", settings.queue);
         amqp_error(settings, &action, error)
     })
+}
+
+/// Refuses to start a worker in this process on a queue that another
+/// process consumes: the two workers would share the requests, and one
+/// user's rows would end up split between two data directories. A consumer
+/// that just died can linger for a moment, so the check waits a little
+/// before it gives up.
+async fn ensure_no_other_consumer(settings: &Settings) -> anyhow::Result<()> {
+    const CHECKS: u32 = 5;
+    const PAUSE: Duration = Duration::from_millis(400);
+
+    let connection =
+        lapin::Connection::connect(&settings.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to {} to check queue `{}`",
+                    redact_url(&settings.amqp_url),
+                    settings.queue
+                )
+            })?;
+    let mut consumers = 0;
+    for check in 1..=CHECKS {
+        consumers = queue_consumers(&connection, &settings.queue).await;
+        if consumers == 0 {
+            break;
+        }
+        if check < CHECKS {
+            tokio::time::sleep(PAUSE).await;
+        }
+    }
+    let _ = connection.close(0, "checked the queue's consumers").await;
+
+    if consumers > 0 {
+        bail!(
+            "queue `{}` at {} already has {consumers} consumer(s), such as a `demo worker` \
+             that may use another --data-dir; pass --no-local-worker to send the requests to it, \
+             or choose another --queue",
+            settings.queue,
+            redact_url(&settings.amqp_url)
+        );
+    }
+    Ok(())
+}
+
+/// Returns how many consumers `queue` has, or 0 when it does not exist yet.
+async fn queue_consumers(connection: &lapin::Connection, queue: &str) -> u32 {
+    let Ok(channel) = connection.create_channel().await else {
+        return 0;
+    };
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    // A passive declare of a missing queue closes the channel, so each
+    // check gets a channel of its own.
+    match channel
+        .queue_declare(queue, options, lapin::types::FieldTable::default())
+        .await
+    {
+        Ok(declared) => declared.consumer_count(),
+        Err(_) => 0,
+    }
 }
 
 /// Returns the client to use, or `None` for the in-process transport, which

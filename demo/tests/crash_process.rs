@@ -285,3 +285,39 @@ fn killed_worker_leaves_consistent_databases() {
     assert!(status.success(), "the batch exited with {status}");
     check_consistency(&data_dir, &users);
 }
+
+#[test]
+fn local_worker_refuses_a_queue_another_worker_serves() {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(require_broker());
+    let queue = TestQueue::new("shared_queue");
+    let dir = tempfile::tempdir().unwrap();
+    let mut worker = start_worker(&dir.path().join("worker"), queue.name());
+
+    let provision = demo(&dir.path().join("local"), queue.name())
+        .args([
+            "provision",
+            "--username",
+            "ana.garcia",
+            "--email",
+            "ana@example.com",
+        ])
+        .args([
+            "--role",
+            "reader",
+            "--storage-mb",
+            "1",
+            "--ops-per-day",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+
+    let stderr = String::from_utf8_lossy(&provision.stderr);
+    assert!(!provision.status.success());
+    assert!(stderr.contains("already has 1 consumer"), "{stderr}");
+    assert!(stderr.contains("--no-local-worker"), "{stderr}");
+}

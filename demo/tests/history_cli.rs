@@ -149,3 +149,20 @@ fn recover_after_the_tour_finds_nothing_to_do() {
         stdout(&recover)
     );
 }
+
+#[test]
+fn second_command_on_a_locked_data_dir_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock = std::fs::File::create(dir.path().join("saga.db.lock")).unwrap();
+    lock.try_lock().unwrap();
+
+    let tour = demo(dir.path(), &[]);
+
+    let stderr = String::from_utf8_lossy(&tour.stderr);
+    assert!(!tour.status.success());
+    assert!(
+        stderr.contains("another demo command is running sagas"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("users.db").exists());
+}
