@@ -45,6 +45,10 @@ pub(crate) struct History<D: SagaDefinition> {
     /// An attempt that started and has no result yet.
     pub(crate) in_flight: Option<(D::Kind, StepAction, u32)>,
     pub(crate) failure: Option<StepFailure<D::Kind>>,
+    /// Whether a compensation failed for good since the saga last entered
+    /// `FAILED`. False while the saga is `FAILED` straight from `RUNNING`,
+    /// that is, before any compensation was tried.
+    pub(crate) compensation_gave_up: bool,
 }
 
 /// An event that does not fit the history before it.
@@ -69,6 +73,7 @@ impl<D: SagaDefinition> History<D> {
             attempts: HashMap::new(),
             in_flight: None,
             failure: None,
+            compensation_gave_up: false,
         }
     }
 
@@ -194,7 +199,10 @@ impl<D: SagaDefinition> History<D> {
         }
 
         match to {
-            SagaStatus::Failed => self.remaining = parse_steps::<D>(remaining)?,
+            SagaStatus::Failed => {
+                self.remaining = parse_steps::<D>(remaining)?;
+                self.compensation_gave_up = self.status == SagaStatus::Compensating;
+            }
             SagaStatus::Compensating => {
                 self.failure = None;
                 self.attempts

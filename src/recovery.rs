@@ -90,8 +90,10 @@ impl<D: SagaDefinition> Recovery<D> {
     }
 
     /// Makes [`recover_all`](Recovery::recover_all) also compensate sagas
-    /// that ended `FAILED` with effects remaining. Off by default, because a
-    /// compensation that failed for good usually needs a fix first.
+    /// whose compensation failed for good. Off by default, because such a
+    /// compensation usually needs a fix first. A saga that entered `FAILED`
+    /// from `RUNNING` and stopped before compensating is compensated either
+    /// way.
     pub fn resume_failed(mut self, resume: bool) -> Self {
         self.resume_failed = resume;
         self
@@ -175,8 +177,10 @@ impl<D: SagaDefinition> Recovery<D> {
     ///
     /// A running saga continues, repeating its step in flight with the same
     /// idempotency key, and is compensated if a step fails for good. A
-    /// compensating saga continues compensating. A failed saga is
-    /// compensated again only with [`resume_failed`](Recovery::resume_failed).
+    /// compensating saga continues compensating. A failed saga whose
+    /// compensations never ran is compensated; one whose compensation failed
+    /// for good is compensated again only with
+    /// [`resume_failed`](Recovery::resume_failed).
     /// Sagas of other definitions in the same log are left alone.
     ///
     /// # Errors
@@ -202,8 +206,12 @@ impl<D: SagaDefinition> Recovery<D> {
                 }
             };
             let found = loaded.status();
-            if found == SagaStatus::Failed && !self.resume_failed {
-                continue;
+            if let LoadedSaga::Failed(saga) = &loaded {
+                // A saga that failed and stopped before compensating has not
+                // tried its compensations yet, so recovery starts them.
+                if saga.core.history.compensation_gave_up && !self.resume_failed {
+                    continue;
+                }
             }
             info!(saga_id = %id, status = %found, "recovering saga");
             recovered.push(Recovered {

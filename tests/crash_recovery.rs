@@ -27,8 +27,8 @@ use common::{
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use typed_saga::{
-    CompensationOutcome, MemoryLog, Recovery, RetryPolicy, Saga, SagaId, SagaLog, SagaOutcome,
-    StepAction, drive_to_end,
+    CompensationOutcome, LoadedSaga, MemoryLog, Recovery, RetryPolicy, Saga, SagaId, SagaLog,
+    SagaOutcome, StepAction,
 };
 
 #[derive(Clone, Debug)]
@@ -116,8 +116,34 @@ async fn check_crash_at(case: &Case, cut: usize) -> Result<(), TestCaseError> {
         .with_retry_policy(retry)
         .with_compensation_policy(compensation)
         .resume_failed(false);
-    let loaded = recovery.load(saga_id()).await.unwrap();
-    let outcome = drive_to_end(loaded).await.unwrap();
+    let recovered = recovery.recover_all().await.unwrap();
+    prop_assert!(recovered.len() <= 1);
+    let outcome = match recovered.into_iter().next() {
+        Some(recovered) => recovered.outcome.unwrap(),
+        // Skipped: the saga had ended, or its compensation gave up before
+        // the crash, which only `resume_failed` retries.
+        None => match recovery.load(saga_id()).await.unwrap() {
+            LoadedSaga::Succeeded(saga) => SagaOutcome::Succeeded(saga),
+            LoadedSaga::Compensated(saga) => SagaOutcome::Compensated(saga),
+            LoadedSaga::Failed(saga) => {
+                let gave_up = saga
+                    .failure()
+                    .is_some_and(|failure| failure.action == StepAction::Compensate);
+                prop_assert!(
+                    gave_up,
+                    "cut {}: recovery skipped a saga that never compensated",
+                    cut
+                );
+                SagaOutcome::Failed(saga)
+            }
+            other => {
+                return Err(TestCaseError::fail(format!(
+                    "cut {cut}: recovery skipped a saga in {}",
+                    other.status()
+                )));
+            }
+        },
+    };
 
     let step_count = case.script.steps.len();
     match outcome {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value;
-use typed_saga::{StepAction, StepError, StepRequest};
+use typed_saga::{StepAction, StepError, StepRequest, idempotency_key};
 
 use crate::domain::{Fault, StepCommand, StepKind};
 use crate::store::{RequestIds, Store, StoreError, StoredReply};
@@ -139,6 +139,16 @@ fn request_ids(request: &StepRequest) -> Result<RequestIds, StepError> {
         return Err(StepError::permanent(
             "missing idempotency_key; send saga_id:step:action as the key",
         ));
+    }
+    // Each step has its own database and inbox, so a key reused for another
+    // step would go unseen; the key must name the request it belongs to.
+    let expected = idempotency_key(&request.saga_id, &request.step, request.action);
+    if request.idempotency_key != expected {
+        return Err(StepError::permanent(format!(
+            "invalid idempotency_key {:?} for this request: expected {expected:?}, \
+             which is saga_id:step:action",
+            request.idempotency_key
+        )));
     }
 
     Ok(RequestIds {

@@ -194,6 +194,25 @@ fn check_consistency(data_dir: &Path, users: &[User]) {
     }
 }
 
+/// Renders the histories of the sagas that did not end SUCCEEDED or
+/// COMPENSATED, for failure messages.
+fn failed_histories(data_dir: &Path) -> String {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log = SqliteSagaLog::open(data_dir.join("saga.db")).unwrap();
+        let mut text = String::new();
+        for saga in log.sagas().await.unwrap() {
+            if saga.status.is_final() {
+                continue;
+            }
+            for line in render_history(&log.history(saga.saga_id).await.unwrap()) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        text
+    })
+}
+
 /// Renders the histories of `username`'s sagas, for failure messages.
 async fn histories_of(log: &SqliteSagaLog, sagas: &[SagaSummary], username: &str) -> String {
     let mut text = String::new();
@@ -245,7 +264,11 @@ fn killed_orchestrator_leaves_consistent_databases() {
         .unwrap();
     let status = wait_with_limit(&mut last_run, Duration::from_secs(300));
 
-    assert!(status.success(), "the last run exited with {status}");
+    assert!(
+        status.success(),
+        "the last run exited with {status}\n{}",
+        failed_histories(&data_dir)
+    );
     check_consistency(&data_dir, &users);
 }
 
@@ -282,7 +305,11 @@ fn killed_worker_leaves_consistent_databases() {
         kills, KILLS,
         "the batch finished before the worker was killed {KILLS} times"
     );
-    assert!(status.success(), "the batch exited with {status}");
+    assert!(
+        status.success(),
+        "the batch exited with {status}\n{}",
+        failed_histories(&data_dir)
+    );
     check_consistency(&data_dir, &users);
 }
 
