@@ -2,16 +2,17 @@
 //!
 //! Generated: sagas of 1 to 8 steps with the same action and compensation
 //! scripts as the invariants test, and per-saga attempt budgets. For each
-//! saga, a first run counts its events; then, for every i, a fresh world
+//! saga, a first run counts its events. Then, for every i, a fresh world
 //! runs the saga with a log that stores only its first i events and fails
-//! after them, as if the process died right after event i became durable
-//! (whatever the step was doing at that moment still reaches the world).
-//! A new orchestrator then recovers the saga from those i events against
-//! the same world.
+//! after them, as if the process died right after event i became durable.
+//! Whatever the step was doing at that moment still reaches the world. A
+//! new orchestrator then recovers the saga with `recover_all` from those i
+//! events, against the same world.
 //!
 //! Checked: recovery ends `Succeeded`, `Compensated`, or `Failed` listing
-//! exactly the effects that remain (and, once the world heals, compensating
-//! again completes it); no effect is applied or undone twice; every
+//! exactly the effects that remain, and `Failed` only after a compensation
+//! gave up (once the world heals, compensating again completes it); no
+//! effect is applied or undone twice; every
 //! completed action precedes every compensation; and the whole log, the
 //! pre-crash prefix plus what recovery wrote, replays as one valid history.
 
@@ -189,8 +190,8 @@ async fn check_crash_at(case: &Case, cut: usize) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// Each effect was applied and undone at most once, and no action
-/// succeeded once compensation began.
+/// Checks that each effect was applied and undone at most once, and that
+/// no action succeeded once compensation began.
 fn check_world(state: &common::WorldState, cut: usize) -> Result<(), TestCaseError> {
     prop_assert!(
         state.applied.values().all(|&count| count <= 1),

@@ -64,7 +64,7 @@ async fn finished_saga_loads_in_its_final_state() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn prefix_ending_in_failed_loads_with_its_remaining_steps() {
+async fn failed_prefix_loads_remaining_steps() {
     let (log, id) = finished_log(&[ActionScript::Succeeds, ActionScript::Permanent]).await;
     let failed_at = log
         .events()

@@ -39,7 +39,7 @@ pub const SAGA_LOG_LOCK_FILE: &str = "saga.db.lock";
 
 /// Prints one line to standard output, like `println!`, except that a
 /// closed pipe (`demo ... | head`) does not panic: a saga in flight must not
-/// stop halfway because nobody reads its progress.
+/// stop halfway because its progress has no reader.
 pub fn print_stdout(line: std::fmt::Arguments<'_>) {
     let mut stdout = std::io::stdout().lock();
     if let Err(error) = stdout

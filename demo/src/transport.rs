@@ -275,7 +275,7 @@ async fn choose_client(
         (Broker::Auto, LocalWorker::Start) => {
             match RpcClient::connect(&settings.amqp_url, probe).await {
                 Ok(client) => Ok(Some(client)),
-                // The broker answered and rejected the connection (wrong
+                // The broker replied and rejected the connection (wrong
                 // credentials or vhost): falling back would hide the mistake.
                 Err(error) if error.is_rejected_by_broker() => {
                     Err(amqp_error(settings, "connect the RPC client", error))
@@ -305,8 +305,9 @@ async fn connect_client(
 }
 
 /// Wraps a broker error with the action that failed. When the broker
-/// refused the connection, the outer message points at the credentials;
-/// when it could not be reached, it gives the command that starts RabbitMQ.
+/// refused the connection, the outer message points at the credentials.
+/// When it could not be reached, the message gives the command that starts
+/// RabbitMQ.
 fn amqp_error(settings: &Settings, action: &str, error: AmqpError) -> anyhow::Error {
     let url = redact_url(&settings.amqp_url);
     let unreachable = matches!(

@@ -27,7 +27,7 @@ struct User {
     valid: bool,
 }
 
-/// Writes 200 users; every 7th asks for a quota over the plan maximum and
+/// Writes 200 users; every 7th requests a quota over the plan maximum and
 /// every 11th for an unknown role, so their sagas are compensated.
 fn write_users(dir: &Path) -> (PathBuf, Vec<User>) {
     let mut csv = String::from("username,email,roles,storage_mb,ops_per_day\n");

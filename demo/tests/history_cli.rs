@@ -109,7 +109,7 @@ fn show_of_an_unknown_id_names_the_fix() {
 }
 
 #[test]
-fn show_of_an_invalid_id_is_a_usage_error() {
+fn show_invalid_id_is_usage_error() {
     let dir = tempfile::tempdir().unwrap();
 
     let show = demo(dir.path(), &["show", "95289f9e"]);
@@ -120,7 +120,7 @@ fn show_of_an_invalid_id_is_a_usage_error() {
 }
 
 #[test]
-fn sagas_without_a_log_says_so_and_creates_nothing() {
+fn sagas_without_log_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("typo");
 
