@@ -45,6 +45,9 @@ pub struct RequestIds {
     pub saga_id: String,
     /// The key under which the reply is recorded.
     pub idempotency_key: String,
+    /// The request's payload as compact JSON with sorted keys. A repeated
+    /// execute request must carry the same payload as the first.
+    pub payload: String,
 }
 
 /// The reply to a request, and whether it came from the inbox.
@@ -443,6 +446,7 @@ mod tests {
         RequestIds {
             saga_id: saga_id.into(),
             idempotency_key: key.into(),
+            payload: "{}".into(),
         }
     }
 

@@ -154,6 +154,7 @@ fn request_ids(request: &StepRequest) -> Result<RequestIds, StepError> {
     Ok(RequestIds {
         saga_id: request.saga_id.clone(),
         idempotency_key: request.idempotency_key.clone(),
+        payload: request.payload.to_string(),
     })
 }
 
@@ -542,6 +543,28 @@ mod tests {
             ))
         );
         assert_eq!(third, Ok(json!({"user_id": 1, "username": "ana"})));
+    }
+
+    #[tokio::test]
+    async fn same_key_with_another_payload_is_rejected() {
+        let (_dir, worker) = open_worker().await;
+        worker
+            .handle(execute("s1", "provision_user", user_payload("ana")))
+            .await
+            .unwrap();
+
+        let other = worker
+            .handle(execute("s1", "provision_user", user_payload("bea")))
+            .await;
+
+        let Err(StepError::Permanent(message)) = other else {
+            panic!("expected a permanent error, got {other:?}");
+        };
+        assert!(
+            message.contains("was first used with the payload"),
+            "{message}"
+        );
+        assert_eq!(worker.store().list_users().await.unwrap().len(), 1);
     }
 
     #[tokio::test]

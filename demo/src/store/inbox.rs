@@ -20,6 +20,10 @@ CREATE TABLE IF NOT EXISTS inbox (
     recorded_at     TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
 CREATE INDEX IF NOT EXISTS inbox_by_saga_step ON inbox (saga_id, step, action);
+CREATE TABLE IF NOT EXISTS inbox_payloads (
+    idempotency_key TEXT PRIMARY KEY,
+    payload         TEXT NOT NULL
+);
 ";
 
 /// The outcome of a request's effect before it is recorded: the reply, or a
@@ -44,6 +48,18 @@ pub(super) fn apply_once(
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
 
     if let Some(recorded) = find(&transaction, &ids.idempotency_key)? {
+        if let Some(first) = recorded_payload(&transaction, &ids.idempotency_key)? {
+            if first != ids.payload {
+                return Ok(StoredReply {
+                    result: Err(StepError::permanent(format!(
+                        "idempotency key {:?} was first used with the payload {first}, not {}; \
+                         a repeated request must carry the same payload",
+                        ids.idempotency_key, ids.payload
+                    ))),
+                    replayed: false,
+                });
+            }
+        }
         return Ok(replay(recorded, ids, step, action));
     }
 
@@ -112,6 +128,20 @@ fn find(
         .optional()
 }
 
+/// Returns the payload the key's first execute request carried, if recorded.
+fn recorded_payload(
+    transaction: &Transaction<'_>,
+    idempotency_key: &str,
+) -> rusqlite::Result<Option<String>> {
+    transaction
+        .query_row(
+            "SELECT payload FROM inbox_payloads WHERE idempotency_key = ?1",
+            [idempotency_key],
+            |row| row.get(0),
+        )
+        .optional()
+}
+
 /// Returns whether the inbox contains a compensation of `step` for this saga.
 fn was_compensated(
     transaction: &Transaction<'_>,
@@ -138,6 +168,12 @@ fn record(
     let reply_json = serde_json::to_string(&reply)
         .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
 
+    if action == StepAction::Execute {
+        transaction.execute(
+            "INSERT INTO inbox_payloads (idempotency_key, payload) VALUES (?1, ?2)",
+            params![ids.idempotency_key, ids.payload],
+        )?;
+    }
     transaction.execute(
         "INSERT INTO inbox (idempotency_key, saga_id, step, action, reply)
          VALUES (?1, ?2, ?3, ?4, ?5)",
