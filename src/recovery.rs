@@ -59,8 +59,9 @@ pub struct Recovery<D: SagaDefinition> {
 pub struct Recovered<D: SagaDefinition> {
     /// The saga's id.
     pub saga_id: SagaId,
-    /// The state its log ended in before recovery.
-    pub found: SagaStatus,
+    /// The state its log ended in before recovery, or `None` when the saga
+    /// could not be loaded.
+    pub found: Option<SagaStatus>,
     /// The saga's end, or the error that stopped it.
     pub outcome: Result<SagaOutcome<D>, SagaError>,
 }
@@ -199,7 +200,7 @@ impl<D: SagaDefinition> Recovery<D> {
                     warn!(saga_id = %id, %error, "cannot recover saga");
                     recovered.push(Recovered {
                         saga_id: id,
-                        found: SagaStatus::Running,
+                        found: None,
                         outcome: Err(error),
                     });
                     continue;
@@ -216,7 +217,7 @@ impl<D: SagaDefinition> Recovery<D> {
             info!(saga_id = %id, status = %found, "recovering saga");
             recovered.push(Recovered {
                 saga_id: id,
-                found,
+                found: Some(found),
                 outcome: drive_to_end(loaded).await,
             });
         }

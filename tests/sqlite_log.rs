@@ -167,7 +167,7 @@ async fn saga_resumes_from_the_sqlite_log() {
     let recovered = recovery.recover_all().await.unwrap();
 
     assert_eq!(recovered.len(), 1);
-    assert_eq!(recovered[0].found, SagaStatus::Running);
+    assert_eq!(recovered[0].found, Some(SagaStatus::Running));
     let outcome = recovered.into_iter().next().unwrap().outcome.unwrap();
     assert!(matches!(outcome, SagaOutcome::Succeeded(_)));
     assert_eq!(world.lock().present.len(), 2);

@@ -69,7 +69,7 @@ pub async fn recover_unfinished(
                     format_args!(
                         "Recovered saga {} ({username}): {} -> {}",
                         saga.saga_id,
-                        saga.found,
+                        saga.found.map_or("?", SagaStatus::as_str),
                         outcome.status()
                     ),
                 );
