@@ -48,17 +48,17 @@ pub(super) fn apply_once(
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
 
     if let Some(recorded) = find(&transaction, &ids.idempotency_key)? {
-        if let Some(first) = recorded_payload(&transaction, &ids.idempotency_key)? {
-            if first != ids.payload {
-                return Ok(StoredReply {
-                    result: Err(StepError::permanent(format!(
-                        "idempotency key {:?} was first used with the payload {first}, not {}; \
-                         a repeated request must carry the same payload",
-                        ids.idempotency_key, ids.payload
-                    ))),
-                    replayed: false,
-                });
-            }
+        if let Some(first) = recorded_payload(&transaction, &ids.idempotency_key)?
+            && first != ids.payload
+        {
+            return Ok(StoredReply {
+                result: Err(StepError::permanent(format!(
+                    "idempotency key {:?} was first used with the payload {first}, not {}; \
+                     a repeated request must carry the same payload",
+                    ids.idempotency_key, ids.payload
+                ))),
+                replayed: false,
+            });
         }
         return Ok(replay(recorded, ids, step, action));
     }
