@@ -97,8 +97,15 @@ pub struct GlobalOptions {
     pub queue: String,
 
     /// The wait between two attempts of a step's action or compensation, in
-    /// milliseconds; each gets 5 attempts
-    #[arg(long, global = true, default_value_t = 2000, value_name = "MS")]
+    /// milliseconds, from 0 to 600000; each gets 5 attempts, and over AMQP
+    /// an attempt waits up to 10 s for the worker's reply
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 2000,
+        value_name = "MS",
+        value_parser = clap::value_parser!(u64).range(0..=600_000)
+    )]
     pub retry_delay_ms: u64,
 }
 
