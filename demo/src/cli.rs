@@ -77,7 +77,8 @@ pub struct GlobalOptions {
     pub amqp_url: String,
 
     /// The directory of the worker's databases (users.db, permissions.db,
-    /// quotas.db) and of the saga log (saga.db), created when missing
+    /// quotas.db) and of the saga log (saga.db); the commands that run sagas
+    /// create it when missing
     #[arg(long, global = true, default_value = "./demo-data", value_name = "DIR")]
     pub data_dir: PathBuf,
 
@@ -298,7 +299,7 @@ impl Cli {
         match self.command {
             // lapin logs each closed connection as an error of its own; the
             // demo reports the same failure with the fix, so lapin is quieter.
-            Some(Command::Worker) => "info,lapin=warn",
+            Some(Command::Worker) => "info,lapin=off",
             _ => "error,lapin=off",
         }
     }

@@ -5,7 +5,7 @@ use typed_saga::amqp::redact_url;
 
 use crate::cli::{Broker, Settings};
 use crate::saga_log::print_stdout;
-use crate::transport::{open_worker, start_consumer};
+use crate::transport::{count_consumers, open_worker, start_consumer};
 
 /// Consumes `settings.queue` with a worker on `settings.data_dir` until
 /// Ctrl-C or SIGTERM, then lets the running requests finish.
@@ -24,6 +24,21 @@ pub async fn run(settings: &Settings) -> anyhow::Result<()> {
     }
     let url = redact_url(&settings.amqp_url);
 
+    // Several workers may share a queue to scale out, but only on one data
+    // directory, and the broker cannot tell which directory each one uses.
+    // Best effort: when the broker is unreachable, starting the consumer
+    // below reports it with the command that starts RabbitMQ.
+    if let Ok(others) = count_consumers(settings).await
+        && others > 0
+    {
+        eprintln!(
+            "note: queue `{}` already has {others} consumer(s); every worker on it must use the \
+             same data directory as this one, {}, or one user's rows end up split between \
+             directories",
+            settings.queue,
+            settings.data_dir.display()
+        );
+    }
     let worker = open_worker(settings).await?;
     let consumer = start_consumer(settings, worker).await?;
     print_stdout(format_args!(

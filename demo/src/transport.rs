@@ -200,19 +200,9 @@ async fn ensure_no_other_consumer(settings: &Settings) -> anyhow::Result<()> {
     const CHECKS: u32 = 5;
     const PAUSE: Duration = Duration::from_millis(400);
 
-    let connection =
-        lapin::Connection::connect(&settings.amqp_url, lapin::ConnectionProperties::default())
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot connect to {} to check queue `{}`",
-                    redact_url(&settings.amqp_url),
-                    settings.queue
-                )
-            })?;
     let mut consumers = 0;
     for check in 1..=CHECKS {
-        consumers = queue_consumers(&connection, &settings.queue).await;
+        consumers = count_consumers(settings).await?;
         if consumers == 0 {
             break;
         }
@@ -220,7 +210,6 @@ async fn ensure_no_other_consumer(settings: &Settings) -> anyhow::Result<()> {
             tokio::time::sleep(PAUSE).await;
         }
     }
-    let _ = connection.close(0, "checked the queue's consumers").await;
 
     if consumers > 0 {
         bail!(
@@ -232,6 +221,28 @@ async fn ensure_no_other_consumer(settings: &Settings) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Returns how many processes consume `settings.queue` now, 0 when the
+/// queue does not exist yet.
+///
+/// # Errors
+///
+/// When the broker cannot be reached.
+pub async fn count_consumers(settings: &Settings) -> anyhow::Result<u32> {
+    let connection =
+        lapin::Connection::connect(&settings.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot connect to {} to check queue `{}`",
+                    redact_url(&settings.amqp_url),
+                    settings.queue
+                )
+            })?;
+    let consumers = queue_consumers(&connection, &settings.queue).await;
+    let _ = connection.close(0, "checked the queue's consumers").await;
+    Ok(consumers)
 }
 
 /// Returns how many consumers `queue` has, or 0 when it does not exist yet.
