@@ -44,9 +44,9 @@ impl ProvisioningWorker {
     /// Handles one request: routes it by step and action, applies it at most
     /// once per idempotency key, and returns the step's output or its error.
     ///
-    /// Requests with an unknown step, a payload that does not decode, or an
-    /// empty saga id or idempotency key are rejected with a permanent error
-    /// and are not recorded. A busy or locked database is a transient error.
+    /// Requests with an unknown step, a payload that does not decode, an
+    /// empty saga id, or an idempotency key other than `saga_id:step:action`
+    /// are rejected with a permanent error and are not recorded. A busy or locked database is a transient error.
     #[tracing::instrument(
         name = "step_request",
         skip_all,
@@ -141,7 +141,7 @@ fn request_ids(request: &StepRequest) -> Result<RequestIds, StepError> {
         ));
     }
     // Each step has its own database and inbox, so a key reused for another
-    // step would go unseen; the key must name the request it belongs to.
+    // step would go unseen. The key must therefore name its own request.
     let expected = idempotency_key(&request.saga_id, &request.step, request.action);
     if request.idempotency_key != expected {
         return Err(StepError::permanent(format!(

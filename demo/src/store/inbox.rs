@@ -33,7 +33,9 @@ pub(super) type EffectResult = rusqlite::Result<Result<Value, StepError>>;
 /// Applies `effect` at most once per idempotency key.
 ///
 /// Inside one `BEGIN IMMEDIATE` transaction this returns the recorded reply
-/// when the key is known. Otherwise it runs `effect` and records the reply,
+/// when the key is known, or a permanent error when an execute request
+/// repeats the key with another payload. Otherwise it runs `effect` and
+/// records the reply,
 /// an error reply included, before committing. `BEGIN IMMEDIATE` takes the
 /// write lock up front, which is what lets the busy timeout apply: a deferred
 /// transaction that upgrades from read to write in WAL mode fails with
