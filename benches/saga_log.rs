@@ -4,7 +4,7 @@
 //! Run with `cargo bench --features sqlite --bench saga_log`. Each saga
 //! appends its events one after another, waiting for each to be durable,
 //! as the orchestrator does. The file lives in a temporary directory on the
-//! disk that holds the system's temp dir.
+//! disk that contains the system's temp dir.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -44,8 +44,8 @@ state_markers! {
     Succeeded => Succeeded;
     /// Stopped with effects that may remain, listing the steps still to
     /// compensate. A saga enters it when a step fails for good, before any
-    /// compensation, and again when a compensation fails for good; either
-    /// way [`Saga::compensate`](crate::Saga::compensate) undoes the rest.
+    /// compensation, and again when a compensation fails for good. Either
+    /// way, [`Saga::compensate`](crate::Saga::compensate) undoes the rest.
     Failed => Failed;
     /// Undoing the steps that took effect, newest first.
     Compensating => Compensating;

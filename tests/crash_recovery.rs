@@ -9,12 +9,14 @@
 //! new orchestrator then recovers the saga with `recover_all` from those i
 //! events, against the same world.
 //!
-//! Checked: recovery ends `Succeeded`, `Compensated`, or `Failed` listing
-//! exactly the effects that remain, and `Failed` only after a compensation
-//! gave up (once the world heals, compensating again completes it); no
-//! effect is applied or undone twice; every
-//! completed action precedes every compensation; and the whole log, the
-//! pre-crash prefix plus what recovery wrote, replays as one valid history.
+//! Checked:
+//! - recovery ends `Succeeded`, `Compensated`, or `Failed` listing exactly
+//!   the effects that remain, and `Failed` only after a compensation gave
+//!   up; once the world heals, compensating again completes it;
+//! - no effect is applied or undone twice;
+//! - every completed action precedes every compensation;
+//! - the whole log, the pre-crash prefix plus what recovery wrote, replays
+//!   as one valid history.
 
 mod common;
 

@@ -7,14 +7,16 @@
 //! fails transiently fewer times than its budget then succeeds, fails for
 //! good until the world is healed. Budgets are drawn per saga.
 //!
-//! Checked, against a simulated world that records every call and effect:
-//! steps run in declared order; compensations run newest first and only
-//! after every action; each effect is applied at most once and undone at
-//! most once; no action or compensation round exceeds its attempt budget;
-//! the final status is the one the script implies; `Succeeded` leaves every
-//! effect present, `Compensated` none, and `Failed` lists exactly the steps
-//! whose effects remain; and once the world heals, compensating the failed
-//! saga again completes it without repeating a finished compensation.
+//! Checked against a simulated world that records every call and effect:
+//! - steps run in declared order, and compensations run newest first, only
+//!   after every action;
+//! - each effect is applied at most once and undone at most once;
+//! - no action or compensation round exceeds its attempt budget;
+//! - the final status is the one the script implies: `Succeeded` leaves
+//!   every effect present, `Compensated` none, and `Failed` lists exactly
+//!   the steps whose effects remain;
+//! - once the world heals, compensating the failed saga again completes it
+//!   without repeating a finished compensation.
 
 mod common;
 

@@ -16,6 +16,8 @@ struct Calls {
     notify_executions: AtomicU32,
     notify_compensations: AtomicU32,
     compensated_ids: Mutex<Vec<Option<u64>>>,
+    /// Makes every compensation of `create_account` fail transiently.
+    create_compensation_busy: std::sync::atomic::AtomicBool,
 }
 
 /// How the `notify` step behaves.
@@ -50,6 +52,9 @@ impl Step<Signup> for CreateAccount {
             .create_compensations
             .fetch_add(1, Ordering::SeqCst);
         cx.context().compensated_ids.lock().unwrap().push(id);
+        if cx.context().create_compensation_busy.load(Ordering::SeqCst) {
+            return Err(StepError::transient("account service busy"));
+        }
         Ok(())
     }
 }
@@ -279,4 +284,19 @@ async fn output_that_does_not_read_back_is_unknown() {
             .contains("does not read back from JSON")
     });
     assert!(rejected, "{:#?}", log.events());
+}
+
+#[tokio::test(start_paused = true)]
+async fn compensations_default_to_saga_retry_policy() {
+    let calls = Arc::new(Calls::default());
+    calls.create_compensation_busy.store(true, Ordering::SeqCst);
+
+    let outcome = Saga::<Signup, _>::new(Notify::Rejects, calls.clone())
+        .with_retry_policy(RetryPolicy::fixed(3, Duration::from_secs(1)))
+        .run_to_end()
+        .await
+        .unwrap();
+
+    assert_eq!(outcome.status(), SagaStatus::Failed);
+    assert_eq!(calls.create_compensations.load(Ordering::SeqCst), 3);
 }

@@ -19,7 +19,7 @@ use typed_saga::{
     RetryPolicy, SagaDefinition, StepAction, StepContext, StepError, StepKind, UnknownStepKind,
 };
 
-/// The most steps a simulated saga has.
+/// The maximum number of steps of a simulated saga.
 pub const MAX_STEPS: usize = 12;
 
 const STEP_NAMES: [&str; MAX_STEPS] = [

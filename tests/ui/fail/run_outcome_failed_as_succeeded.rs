@@ -1,4 +1,4 @@
-// `RunOutcome::Failed` holds a `Failed` saga, not a `Succeeded` one.
+// `RunOutcome::Failed` contains a `Failed` saga, not a `Succeeded` one.
 
 use typed_saga::{RunOutcome, Saga, Succeeded};
 
